@@ -1,0 +1,289 @@
+//! The `skiff` binary: one command for every part of Skiff.
+//!
+//! Today it runs components directly on the runtime (`skiff component`);
+//! the control plane, node agent and `skiff up` join it as they land.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use skiff_runtime::{
+    AllowList, ComponentKind, Limits, Log, Origin, Runtime, RuntimeConfig, Sandbox, Stream,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Kubernetes for WebAssembly components"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one component directly on the runtime, without a cluster.
+    #[command(subcommand)]
+    Component(ComponentCommand),
+}
+
+#[derive(Subcommand)]
+enum ComponentCommand {
+    /// Serve HTTP with a component exporting wasi:http/incoming-handler.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Run a component exporting wasi:cli/run to exit; exits with its code.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Arguments for the guest (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Compile a component into the cache and report what it is.
+    Compile {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// The component file (.wasm).
+    file: PathBuf,
+    /// Directory for compiled components, reused across runs.
+    #[arg(long, env = "SKIFF_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Environment variable for the guest, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Host directory for the guest, HOST:GUEST[:ro] (repeatable).
+    #[arg(long = "dir", value_parser = parse_dir)]
+    dirs: Vec<(PathBuf, String, bool)>,
+    /// Memory cap per instance, in MiB.
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Wall-clock deadline per request or run, in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// CPU budget per request or run, in milliseconds.
+    #[arg(long)]
+    cpu_ms: Option<u64>,
+    /// Host the guest may send HTTP requests to, `host` or `host:port`
+    /// (repeatable; `*` for any). Without it all outbound HTTP is denied.
+    #[arg(long = "allow-outbound")]
+    allow_outbound: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+fn parse_dir(s: &str) -> Result<(PathBuf, String, bool), String> {
+    let (spec, read_only) = match s.strip_suffix(":ro") {
+        Some(spec) => (spec, true),
+        None => (s, false),
+    };
+    let (host, guest) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not HOST:GUEST[:ro]"))?;
+    Ok((PathBuf::from(host), guest.to_string(), read_only))
+}
+
+impl Common {
+    fn runtime(&self) -> anyhow::Result<Runtime> {
+        Ok(Runtime::new(RuntimeConfig {
+            cache_dir: self.cache_dir.clone(),
+            ..RuntimeConfig::default()
+        })?)
+    }
+
+    fn sandbox(&self, log: Log) -> Sandbox {
+        let mut sandbox = Sandbox::default()
+            .log(log)
+            .limits(Limits {
+                memory: self.memory_mib.map(|m| m << 20),
+                cpu: self.cpu_ms.map(Duration::from_millis),
+                deadline: self.timeout_ms.map(Duration::from_millis),
+            })
+            .outbound(AllowList::new(self.allow_outbound.clone()));
+        sandbox.env = self.env.clone();
+        for (host, guest, read_only) in &self.dirs {
+            sandbox = sandbox.dir(host, guest, *read_only);
+        }
+        sandbox
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("skiff: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("skiff: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Component(command) => component(command).await,
+    }
+}
+
+fn describe(origin: &Origin) -> String {
+    match origin {
+        Origin::Memory => "already loaded".into(),
+        Origin::Disk => "loaded from cache".into(),
+        Origin::Compiled => "compiled".into(),
+        Origin::Recompiled { reason } => format!("recompiled (cache entry was corrupt: {reason})"),
+    }
+}
+
+async fn component(command: ComponentCommand) -> anyhow::Result<ExitCode> {
+    let common = match &command {
+        ComponentCommand::Serve { common, .. }
+        | ComponentCommand::Run { common, .. }
+        | ComponentCommand::Compile { common } => common,
+    };
+    let runtime = common.runtime()?;
+    let file = common.file.clone();
+    let (component, origin) = {
+        let runtime = runtime.clone();
+        tokio::task::spawn_blocking(move || runtime.load_file(file)).await??
+    };
+    eprintln!(
+        "skiff: {} is a {} component, {}",
+        component.name(),
+        component.kind(),
+        describe(&origin)
+    );
+    match command {
+        ComponentCommand::Compile { .. } => Ok(ExitCode::SUCCESS),
+        ComponentCommand::Run { common, args } => {
+            let log = Log::default();
+            let name = common.file.display().to_string();
+            let sandbox = common
+                .sandbox(log.clone())
+                .args(std::iter::once(name).chain(args));
+            let printer = LogPrinter::start(log.clone());
+            let result = component.run(&sandbox).await;
+            printer.finish().await;
+            match result {
+                Ok(status) => Ok(ExitCode::from(u8::try_from(status.code).unwrap_or(1))),
+                Err(err) => anyhow::bail!("{} {err}", component.name()),
+            }
+        }
+        ComponentCommand::Serve { common, listen } => {
+            anyhow::ensure!(
+                component.kind() == ComponentKind::Http,
+                "{} is a {} component; `serve` needs one exporting wasi:http/incoming-handler",
+                component.name(),
+                component.kind()
+            );
+            let log = Log::default();
+            let sandbox = common.sandbox(log.clone());
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!(
+                "skiff: serving {} on http://{}",
+                component.name(),
+                listener.local_addr()?
+            );
+            let printer = LogPrinter::start(log);
+            skiff_runtime::serve_listener(listener, component, sandbox, shutdown_signal()).await?;
+            printer.finish().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Copies a guest's log to this process's stdout and stderr as it grows.
+struct LogPrinter {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LogPrinter {
+    fn start(log: Log) -> LogPrinter {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut changes = log.subscribe();
+            let mut next = 0;
+            loop {
+                let last = tokio::select! {
+                    changed = changes.changed() => changed.is_err(),
+                    _ = &mut stopped => true,
+                };
+                for line in log.since(next) {
+                    next = line.seq + 1;
+                    match line.stream {
+                        Stream::Stdout => println!("{}", line.text),
+                        Stream::Stderr => eprintln!("{}", line.text),
+                    }
+                }
+                if last {
+                    break;
+                }
+            }
+        });
+        LogPrinter { stop, task }
+    }
+
+    /// Prints what is left and stops.
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    eprintln!("skiff: shutting down");
+}

@@ -1,0 +1,170 @@
+//! `skiff-test-http`: an HTTP guest whose behaviour is chosen by the request
+//! path, so Skiff's runtime tests can provoke each way a request can succeed
+//! or fail.
+//!
+//! | Request | Behaviour |
+//! |---|---|
+//! | `/ok` | `200`, body `ok` |
+//! | `/loop` | spins on the CPU forever |
+//! | `/oom` | allocates and touches 1 MiB chunks until memory runs out (then traps) |
+//! | `/trap` | panics with `deliberate trap` (so the instance traps) |
+//! | `/stack` | recurses until the wasm call stack is exhausted |
+//! | `/sleep?ms=N` | sleeps N milliseconds, then `200`, body `slept` |
+//! | `/fetch?url=URL` | `GET`s the percent-decoded URL; `200` with body `upstream {status code}: {body}`, or `502` with body `fetch failed: {error}` |
+//! | `/log?lines=N` | prints N lines `request line {i}` (`i` from 0) to stdout; `200`, body `logged N lines` |
+//! | `/env?name=X` | `200` with the value of environment variable X, or `404` if unset |
+//! | anything else | `404`, body `not found` |
+//!
+//! A missing or unparsable query parameter is a `400`. All bodies are
+//! `text/plain` without a trailing newline.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use skiff_guest::http::StatusCode;
+use skiff_guest::{Request, config};
+
+skiff_guest::http_component!(handle);
+
+fn handle(request: Request) -> (StatusCode, String) {
+    let query = request.uri().query().unwrap_or("");
+    match request.uri().path() {
+        "/ok" => (StatusCode::OK, "ok".to_owned()),
+        "/loop" => spin(),
+        "/oom" => exhaust_memory(),
+        "/trap" => panic!("deliberate trap"),
+        "/stack" => {
+            recurse(0);
+            unreachable!("unbounded recursion returned")
+        }
+        "/sleep" => match param(query, "ms").and_then(|ms| ms.parse().ok()) {
+            Some(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                (StatusCode::OK, "slept".to_owned())
+            }
+            None => bad_request("/sleep needs ?ms=<milliseconds>"),
+        },
+        "/fetch" => match param(query, "url") {
+            Some(url) => match skiff_guest::get(&url) {
+                Ok(response) => (
+                    StatusCode::OK,
+                    format!(
+                        "upstream {}: {}",
+                        response.status().as_u16(),
+                        String::from_utf8_lossy(response.body())
+                    ),
+                ),
+                Err(error) => (StatusCode::BAD_GATEWAY, format!("fetch failed: {error}")),
+            },
+            None => bad_request("/fetch needs ?url=<percent-encoded URL>"),
+        },
+        "/log" => match param(query, "lines").and_then(|n| n.parse::<u64>().ok()) {
+            Some(lines) => {
+                for i in 0..lines {
+                    println!("request line {i}");
+                }
+                (StatusCode::OK, format!("logged {lines} lines"))
+            }
+            None => bad_request("/log needs ?lines=<count>"),
+        },
+        "/env" => match param(query, "name") {
+            Some(name) => match config::var(&name) {
+                Some(value) => (StatusCode::OK, value),
+                None => (StatusCode::NOT_FOUND, format!("{name} is not set")),
+            },
+            None => bad_request("/env needs ?name=<variable>"),
+        },
+        _ => (StatusCode::NOT_FOUND, "not found".to_owned()),
+    }
+}
+
+fn bad_request(message: &str) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, message.to_owned())
+}
+
+/// The percent-decoded value of the first `name=value` pair in `query`.
+fn param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| percent_decode(key) == name)
+        .map(|(_, value)| percent_decode(value))
+}
+
+/// Decodes `%XX` escapes; a `%` not followed by two hex digits is kept as is,
+/// and `+` stays `+` (this is URL, not form, decoding).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn spin() -> ! {
+    let mut counter = 0u64;
+    loop {
+        counter = black_box(counter.wrapping_add(1));
+    }
+}
+
+fn exhaust_memory() -> ! {
+    const CHUNK: usize = 1 << 20;
+    const PAGE: usize = 4096;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        for (i, byte) in chunk.iter_mut().step_by(PAGE).enumerate() {
+            *byte = i as u8 | 1;
+        }
+        chunks.push(black_box(chunk));
+    }
+}
+
+/// Not a tail call: `depth` is used after the recursive call returns.
+fn recurse(depth: u64) -> u64 {
+    if black_box(depth) == u64::MAX {
+        return depth;
+    }
+    let below = recurse(black_box(depth + 1));
+    black_box(below ^ depth)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("http%3A%2F%2F127.0.0.1%3A8080%2Fa%3Fb%3Dc"),
+            "http://127.0.0.1:8080/a?b=c"
+        );
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz+%41"), "%zz+A");
+    }
+
+    #[test]
+    fn params_are_found_and_decoded() {
+        let query = "x=1&url=http%3A%2F%2Fh%2F&ms=5";
+        assert_eq!(param(query, "url").as_deref(), Some("http://h/"));
+        assert_eq!(param(query, "ms").as_deref(), Some("5"));
+        assert_eq!(param(query, "nope"), None);
+    }
+}
