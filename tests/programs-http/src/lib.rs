@@ -18,11 +18,11 @@
 //! A missing or unparsable query parameter is a `400`. All bodies are
 //! `text/plain` without a trailing newline.
 
-use std::hint::black_box;
 use std::time::Duration;
 
 use skiff_guest::http::StatusCode;
 use skiff_guest::{Request, config};
+use skiff_test_programs::{exhaust_memory, recurse, spin};
 
 skiff_guest::http_component!(handle);
 
@@ -115,35 +115,6 @@ fn percent_decode(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn spin() -> ! {
-    let mut counter = 0u64;
-    loop {
-        counter = black_box(counter.wrapping_add(1));
-    }
-}
-
-fn exhaust_memory() -> ! {
-    const CHUNK: usize = 1 << 20;
-    const PAGE: usize = 4096;
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    loop {
-        let mut chunk = vec![0u8; CHUNK];
-        for (i, byte) in chunk.iter_mut().step_by(PAGE).enumerate() {
-            *byte = i as u8 | 1;
-        }
-        chunks.push(black_box(chunk));
-    }
-}
-
-/// Not a tail call: `depth` is used after the recursive call returns.
-fn recurse(depth: u64) -> u64 {
-    if black_box(depth) == u64::MAX {
-        return depth;
-    }
-    let below = recurse(black_box(depth + 1));
-    black_box(below ^ depth)
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 //! missing or unknown mode, or a missing or unparsable argument, is a usage
 //! message on stderr and exit code 2.
 
-use std::hint::black_box;
+use skiff_test_programs::{exhaust_memory, recurse, spin};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -113,41 +113,6 @@ fn print(text: &str) -> ExitCode {
         .expect("writing to stdout");
     stdout.flush().expect("flushing stdout");
     ExitCode::SUCCESS
-}
-
-/// Burns CPU forever; `black_box` keeps the optimiser from proving the loop
-/// pointless.
-fn spin() -> ! {
-    let mut counter = 0u64;
-    loop {
-        counter = black_box(counter.wrapping_add(1));
-    }
-}
-
-/// Allocates 1 MiB at a time, writing to every page so the memory is really
-/// committed, until the allocator fails (which aborts, trapping the guest).
-fn exhaust_memory() -> ! {
-    const CHUNK: usize = 1 << 20;
-    const PAGE: usize = 4096;
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    loop {
-        let mut chunk = vec![0u8; CHUNK];
-        for (i, byte) in chunk.iter_mut().step_by(PAGE).enumerate() {
-            *byte = i as u8 | 1;
-        }
-        chunks.push(black_box(chunk));
-    }
-}
-
-/// Recurses until the stack overflows. The call is not in tail position
-/// (`depth` is used after it returns, through `black_box`), so every level
-/// keeps a frame.
-fn recurse(depth: u64) -> u64 {
-    if black_box(depth) == u64::MAX {
-        return depth;
-    }
-    let below = recurse(black_box(depth + 1));
-    black_box(below ^ depth)
 }
 
 fn log(lines: u64) -> ExitCode {
