@@ -164,3 +164,30 @@ async fn outbound_to_a_closed_port_is_an_error_not_a_hang() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_http_guest_reads_its_environment_and_logs_per_request() {
+    within(60, "http env and log", async {
+        let runtime = runtime();
+        let guest = load(&runtime, skiff_guests::HTTP_TEST);
+        let log = Log::default();
+        let sandbox = Sandbox::default().env("COLOUR", "teal").log(log.clone());
+        assert_eq!(
+            get(&guest, "/env?name=COLOUR", &sandbox).await.unwrap(),
+            (200, "teal".to_string())
+        );
+        assert_eq!(
+            get(&guest, "/env?name=HOME", &sandbox).await.unwrap().0,
+            404
+        );
+        assert_eq!(
+            get(&guest, "/log?lines=3", &sandbox).await.unwrap(),
+            (200, "logged 3 lines".to_string())
+        );
+        assert_eq!(
+            log.text(),
+            "request line 0\nrequest line 1\nrequest line 2\n"
+        );
+    })
+    .await;
+}
