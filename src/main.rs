@@ -31,6 +31,21 @@ enum Command {
     /// Run one component directly on the runtime, without a cluster.
     #[command(subcommand)]
     Component(ComponentCommand),
+    /// Run the control plane's API server.
+    Server(ServerArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Where the store, certificates, tokens and kubeconfig live.
+    #[arg(long, default_value = "skiff-data")]
+    data_dir: PathBuf,
+    /// Port for the Kubernetes API (HTTPS); 0 picks a free one.
+    #[arg(long, default_value_t = 6443)]
+    api_port: u16,
+    /// Address to bind the API to.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
 }
 
 #[derive(Subcommand)]
@@ -155,7 +170,28 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Component(command) => component(command).await,
+        Command::Server(args) => server(args).await,
     }
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    use skiff_control::apiserver::{ApiServer, Config};
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            args.data_dir.display()
+        )
+    })?;
+    let config = Config::new(&args.data_dir, SocketAddr::new(args.bind, args.api_port));
+    let server = ApiServer::start(config).await?;
+    println!(
+        "skiff: API server ready at https://{}; use it with: export KUBECONFIG={}",
+        server.addr(),
+        server.kubeconfig().display()
+    );
+    shutdown_signal().await;
+    server.shutdown(Duration::from_secs(10)).await;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn describe(origin: &Origin) -> String {

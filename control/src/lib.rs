@@ -7,4 +7,5 @@
 //! `Arc<dyn Store>`, and [`store::SledStore::open`], its embedded backend.
 #![forbid(unsafe_code)]
 
+pub mod apiserver;
 pub mod store;
