@@ -46,6 +46,9 @@ struct ServerArgs {
     /// Address to bind the API to.
     #[arg(long, default_value = "127.0.0.1")]
     bind: std::net::IpAddr,
+    /// Seconds between compactions of the store's history.
+    #[arg(long, default_value_t = 300, hide = true)]
+    compaction_interval_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -182,7 +185,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.display()
         )
     })?;
-    let config = Config::new(&args.data_dir, SocketAddr::new(args.bind, args.api_port));
+    let mut config = Config::new(&args.data_dir, SocketAddr::new(args.bind, args.api_port));
+    config.compaction_interval = Duration::from_secs(args.compaction_interval_secs.max(1));
     let server = ApiServer::start(config).await?;
     println!(
         "skiff: API server ready at https://{}; use it with: export KUBECONFIG={}",

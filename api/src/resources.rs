@@ -87,6 +87,7 @@ impl ResourceType {
     }
 }
 
+#[expect(clippy::too_many_arguments, reason = "one row of the registry table")]
 const fn rt(
     group: &'static str,
     kind: &'static str,

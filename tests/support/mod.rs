@@ -24,10 +24,20 @@ impl Server {
         Self::start_in(dir)
     }
 
+    /// Starts `skiff server` with extra arguments.
+    pub fn start_with_args(args: &[&str]) -> Server {
+        Self::launch(tempfile::tempdir().unwrap(), args)
+    }
+
     pub fn start_in(dir: tempfile::TempDir) -> Server {
+        Self::launch(dir, &[])
+    }
+
+    fn launch(dir: tempfile::TempDir, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["server", "--api-port", "0", "--data-dir"])
             .arg(dir.path())
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

@@ -929,13 +929,9 @@ fn cron_job(new: &batch::CronJob, _: Option<&batch::CronJob>, _: &Value, out: &m
         out.push(Cause::invalid("spec.schedule", &json!(spec.schedule), e));
     }
     if let Some(tz) = &spec.time_zone
-        && (tz.is_empty() || tz.contains(' ') || tz.starts_with('/'))
+        && let Err(e) = time_zone(tz)
     {
-        out.push(Cause::invalid(
-            "spec.timeZone",
-            &json!(tz),
-            "unknown time zone",
-        ));
+        out.push(Cause::invalid("spec.timeZone", &json!(tz), e));
     }
     if let Some(p) = &spec.concurrency_policy {
         supported(
@@ -962,6 +958,32 @@ fn cron_job(new: &batch::CronJob, _: Option<&batch::CronJob>, _: &Value, out: &m
     );
     let job = spec.job_template.spec.clone().unwrap_or_default();
     job_spec(&job, "spec.jobTemplate.spec", out);
+}
+
+/// A CronJob's `timeZone`, checked for form as Kubernetes does before it
+/// loads the zone (Skiff carries no zone database to load it from).
+fn time_zone(tz: &str) -> Result<(), String> {
+    if tz.is_empty() {
+        return Err("timeZone must be nil or non-empty string".into());
+    }
+    let part_ok = |p: &str| {
+        (1..=14).contains(&p.len())
+            && p != "."
+            && p != ".."
+            && !p.starts_with('-')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+    };
+    if !tz.split('/').all(part_ok) {
+        return Err(format!("unknown time zone {tz}"));
+    }
+    if tz.eq_ignore_ascii_case("Local") {
+        return Err(
+            "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 // ---- the rest --------------------------------------------------------------

@@ -1136,6 +1136,18 @@ mod tests {
             status["message"],
             "Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas"
         );
+        // Forcing takes the field; the updater, owning nothing else, is gone.
+        let forced = apply(
+            "Deployment",
+            Some(&scaled),
+            &deploy(Some(3), "nginx"),
+            "kubectl",
+            true,
+            T2,
+        )
+        .unwrap();
+        assert_eq!(forced["spec"]["replicas"], 3);
+        assert_eq!(entries(&forced).len(), 1, "{forced:#}");
         // Applying the value the updater set is no conflict.
         apply(
             "Deployment",

@@ -1,12 +1,15 @@
 //! The four ways a `PATCH` changes an object: JSON patch (RFC 6902), merge
 //! patch (RFC 7396), strategic merge patch and server-side apply.
 //!
-//! Start with [`PatchType::from_content_type`], then call [`json_patch()`],
-//! [`merge_patch`], [`strategic_merge_patch`] or [`apply::apply`]. Ordinary
-//! writes (create, update, the other patches) record who changed what with
-//! [`apply::record_update`], so that a later apply meets those managers'
-//! fields as conflicts. The patch strategies of the built-in kinds live in a
-//! private schema module shared by strategic merge patch and apply.
+//! Start with [`PatchType::from_content_type`], then call [`patch()`] (or
+//! [`json_patch()`], [`merge_patch`], [`strategic_merge_patch`]) with the
+//! request body, or for server-side apply [`apply::decode_apply_body`] then
+//! [`apply::apply`]. Ordinary writes (create, update, the other patches)
+//! record who changed what with [`apply::record_update`] on the object about
+//! to be stored (after defaulting, as Kubernetes does), so that a later
+//! apply meets those managers' fields as conflicts. The patch strategies of
+//! the built-in kinds live in a private schema module shared by strategic
+//! merge patch and apply.
 
 pub mod apply;
 mod schema;

@@ -3,10 +3,17 @@
 //! on): maps merge key by key, lists merge by the field's strategy from
 //! [`schema`](super::schema), and `$`-directives steer both.
 //!
-//! Where Kubernetes copies a new value from the patch verbatim (a field or
-//! list element the original lacks), this merges it into an empty value
-//! instead, so directives and `null`s inside it are processed rather than
-//! stored.
+//! Directives: `$patch: replace | delete` on maps and list elements
+//! (`$patch: merge` is accepted on maps as a no-op and refused in lists, as
+//! Kubernetes refuses it), `$retainKeys`, `$setElementOrder/<list>`,
+//! `$deleteFromPrimitiveList/<list>`, and `null` to delete a field. Any
+//! other `$`-key is a bad request (Kubernetes would store it as a field).
+//!
+//! Where Kubernetes copies a new value from the patch with its directives
+//! stripped (a field or list element the original lacks), this merges it
+//! into an empty value instead, so `null`s and directives inside it are
+//! honoured the same way (`$patch: replace` keeps the map instead of
+//! dropping it).
 
 use std::cmp::Ordering;
 

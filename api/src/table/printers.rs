@@ -780,7 +780,13 @@ fn service(s: &core::Service, now: &Now) -> Vec<Value> {
     vec![
         name(&s.metadata),
         json!(ty),
-        json!(or_none(spec.cluster_ip.as_deref())),
+        json!(or_none(
+            spec.cluster_ips
+                .as_ref()
+                .and_then(|ips| ips.first())
+                .or(spec.cluster_ip.as_ref())
+                .map(String::as_str)
+        )),
         json!(external),
         json!(if ports.is_empty() {
             "<none>".into()

@@ -83,6 +83,10 @@ pub struct Config {
     pub service_cidr: String,
     /// The NodePort range.
     pub node_ports: (u16, u16),
+    /// How often history is compacted: each tick compacts to the revision
+    /// seen at the previous tick, so watches can resume from anything
+    /// newer than one interval (Kubernetes compacts every 5 minutes).
+    pub compaction_interval: std::time::Duration,
 }
 
 impl Config {
@@ -94,6 +98,7 @@ impl Config {
             hosts: Vec::new(),
             service_cidr: "10.43.0.0/16".into(),
             node_ports: (30000, 32767),
+            compaction_interval: std::time::Duration::from_secs(300),
         }
     }
 }
@@ -112,6 +117,7 @@ pub struct ApiServer {
     kubeconfig: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    compactor: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -166,6 +172,10 @@ impl ApiServer {
         )?;
         let allocator = alloc::Allocator::new(&config.service_cidr, config.node_ports)
             .map_err(|e| ServerError::Tls(format!("service CIDR {}: {e}", config.service_cidr)))?;
+        let compactor = tokio::spawn(compact_periodically(
+            store.clone(),
+            config.compaction_interval,
+        ));
         let state = Arc::new(State {
             store,
             tokens,
@@ -182,6 +192,7 @@ impl ApiServer {
             kubeconfig,
             stop: Some(stop),
             task,
+            compactor,
         })
     }
 
@@ -198,11 +209,30 @@ impl ApiServer {
     /// Stops accepting connections and waits (up to `grace`) for open
     /// requests (watches included) to finish.
     pub async fn shutdown(mut self, grace: std::time::Duration) {
+        self.compactor.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if tokio::time::timeout(grace, &mut self.task).await.is_err() {
             self.task.abort();
+        }
+    }
+}
+
+/// Compacts the store's history every `interval`, to the revision seen one
+/// interval earlier.
+async fn compact_periodically(store: Arc<dyn Store>, interval: std::time::Duration) {
+    let mut previous = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Some(revision) = previous
+            && let Err(err) = store.compact(revision).await
+        {
+            tracing::warn!(revision, error = %err, "compaction failed");
+        }
+        match store.current_revision().await {
+            Ok(revision) => previous = Some(revision),
+            Err(err) => tracing::warn!(error = %err, "cannot read the store revision"),
         }
     }
 }

@@ -182,6 +182,22 @@ fn admit(
     let strict = req.param("fieldValidation") == Some("Strict");
     match admission::admit(rt, op, obj, old, strict) {
         Ok(admitted) => Ok(admitted.warnings),
+        // Unknown fields under `fieldValidation=Strict` are a decoding
+        // error in Kubernetes (400), not a validation one (422).
+        Err(AdmitError::Invalid(invalid))
+            if invalid
+                .causes
+                .iter()
+                .all(|c| c.message.starts_with("unknown field")) =>
+        {
+            let fields: Vec<String> = invalid.causes.iter().map(|c| c.message.clone()).collect();
+            Err(ApiError::bad_request(format!(
+                "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+                fields.join(", "),
+                kind = rt.kind,
+                version = rt.version,
+            )))
+        }
         Err(AdmitError::Invalid(invalid)) => Err(ApiError::invalid(&invalid, rt.group)),
         Err(AdmitError::BadRequest(message)) => Err(ApiError::bad_request(message)),
     }
@@ -516,7 +532,7 @@ pub(super) async fn list(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult
 pub(super) async fn create(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult<Response> {
     let mut obj = decode_body(req)?;
     check_identity(t.rt, t, &mut obj)?;
-    let (obj, warnings) = create_object(state, req, t.rt, obj).await?;
+    let (obj, warnings) = create_object(state, req, t.rt, obj, false).await?;
     Ok(with_warnings(
         json_response(StatusCode::CREATED, &obj),
         &warnings,
@@ -525,11 +541,14 @@ pub(super) async fn create(state: &Arc<State>, req: &Req, t: &Target) -> ApiResu
 
 /// Creates `obj` (identity already checked): name generation, namespace
 /// checks, server metadata, admission, allocation, managed fields, store.
+/// `applied`: the object comes from server-side apply, which recorded its
+/// managed fields already.
 async fn create_object(
     state: &Arc<State>,
     req: &Req,
     rt: &'static ResourceType,
     mut obj: Value,
+    applied: bool,
 ) -> ApiResult<(Value, Vec<String>)> {
     let generate = obj
         .pointer("/metadata/generateName")
@@ -561,8 +580,16 @@ async fn create_object(
             obj["status"] = json!({"phase": "Pending"});
         }
     }
+    let managed = obj.pointer("/metadata/managedFields").cloned();
     let warnings = admit(rt, Operation::Create, &mut obj, None, req)?;
-    if let Err(e) = patch::apply::record_update(rt.kind, None, &mut obj, &req.manager(), &now()) {
+    if applied {
+        // Server-side apply already recorded the applier's fields.
+        if let Some(managed) = managed {
+            obj["metadata"]["managedFields"] = managed;
+        }
+    } else if let Err(e) =
+        patch::apply::record_update(rt.kind, None, &mut obj, &req.manager(), &now())
+    {
         return Err(patch_error(e, rt));
     }
     let name = name_of(&obj).to_string();
@@ -940,7 +967,7 @@ pub(super) async fn patch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
         check_identity(rt, t, &mut new)?;
         let Some((old, current)) = existing else {
             // Server-side apply of a new object creates it.
-            let (obj, warnings) = create_object(state, req, rt, new).await?;
+            let (obj, warnings) = create_object(state, req, rt, new, true).await?;
             return Ok(with_warnings(
                 json_response(StatusCode::CREATED, &obj),
                 &warnings,

@@ -90,9 +90,9 @@ async fn dispatch(
             .unwrap_or_default()
             .to_string()
     };
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+    let body = match read_body(body).await {
         Ok(body) => body,
-        Err(_) => return ApiError::too_large(MAX_BODY).into_response(),
+        Err(err) => return err.into_response(),
     };
     let query = parts
         .uri
@@ -121,6 +121,45 @@ async fn dispatch(
             err.into_response()
         }
     }
+}
+
+/// How much of an oversized body is read (and discarded) so the client,
+/// still sending, can read the 413 instead of a reset connection. Beyond
+/// this the connection is simply closed.
+const MAX_DRAIN: usize = 4 * MAX_BODY;
+
+/// Reads the body, at most [`MAX_BODY`] bytes (413 beyond).
+async fn read_body(body: axum::body::Body) -> ApiResult<Bytes> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(err))) => {
+                return Err(ApiError::bad_request(format!(
+                    "error reading the request body: {err}"
+                )));
+            }
+            Err(_) => return Err(ApiError::bad_request("timed out reading the request body")),
+        };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > MAX_DRAIN {
+                break;
+            }
+            if seen <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large(MAX_BODY));
+    }
+    Ok(Bytes::from(buf))
 }
 
 async fn route(state: &Arc<State>, req: &Req, segments: &[&str]) -> ApiResult<Response> {
