@@ -590,7 +590,7 @@ async fn create_object(
     } else if let Err(e) =
         patch::apply::record_update(rt.kind, None, &mut obj, &req.manager(), &now())
     {
-        return Err(patch_error(e, rt));
+        return Err(patch_error(e));
     }
     let name = name_of(&obj).to_string();
     let key = rt.key(ns.as_deref(), &name);
@@ -734,37 +734,20 @@ async fn allocate_service(state: &State, obj: &mut Value, old: Option<&Value>) -
     Ok(())
 }
 
-fn patch_error(err: PatchError, rt: &ResourceType) -> ApiError {
+fn patch_error(err: PatchError) -> ApiError {
     match err {
         PatchError::BadRequest(message) => ApiError::bad_request(message),
         PatchError::Unsupported(message) => ApiError::unsupported_media_type(&message),
         PatchError::Conflict(conflicts) => {
-            let causes: Vec<Value> = conflicts
-                .conflicts
-                .iter()
-                .map(|c| {
-                    json!({
-                        "reason": "FieldManagerConflict",
-                        "message": format!("conflict with {:?}", c.manager),
-                        "field": c.field,
-                    })
-                })
-                .collect();
+            let status = conflicts.to_status();
             ApiError {
                 code: StatusCode::CONFLICT,
                 reason: "Conflict",
-                message: format!(
-                    "Apply failed with {} conflict{}: {}",
-                    causes.len(),
-                    if causes.len() == 1 { "" } else { "s" },
-                    conflicts
-                        .conflicts
-                        .iter()
-                        .map(|c| format!("conflict with {:?}: {}", c.manager, c.field))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                ),
-                details: Some(json!({"kind": rt.plural, "causes": causes})),
+                message: status["message"]
+                    .as_str()
+                    .unwrap_or("apply conflict")
+                    .to_string(),
+                details: status.get("details").cloned(),
             }
         }
     }
@@ -847,7 +830,7 @@ async fn write_update(
     }
     let warnings = admit(rt, Operation::Update, &mut new, Some(old), req)?;
     patch::apply::record_update(rt.kind, Some(old), &mut new, &req.manager(), &now())
-        .map_err(|e| patch_error(e, rt))?;
+        .map_err(patch_error)?;
     // An object being deleted goes once its last finalizer is removed.
     let finalizers_empty = new
         .pointer("/metadata/finalizers")
@@ -963,7 +946,7 @@ pub(super) async fn patch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
             }
             (_, None) => return Err(ApiError::not_found(rt.plural, rt.group, name)),
         };
-        let mut new = patched.map_err(|e| patch_error(e, rt))?;
+        let mut new = patched.map_err(patch_error)?;
         check_identity(rt, t, &mut new)?;
         let Some((old, current)) = existing else {
             // Server-side apply of a new object creates it.
@@ -1276,7 +1259,7 @@ pub(super) async fn scale(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
                     }
                     _ => return Err(ApiError::unsupported_media_type(ct)),
                 }
-                .map_err(|e| patch_error(e, rt))?
+                .map_err(patch_error)?
             }
         };
         if let Some(rv) = new_scale

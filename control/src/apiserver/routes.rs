@@ -50,11 +50,11 @@ impl Req {
         if let Some(m) = self.param("fieldManager") {
             return m.to_string();
         }
-        let program = self.user_agent.split('/').next().unwrap_or_default().trim();
-        if program.is_empty() {
+        let manager = skiff_api::patch::apply::manager_from_user_agent(&self.user_agent);
+        if manager.is_empty() {
             "unknown".into()
         } else {
-            program.chars().take(128).collect()
+            manager
         }
     }
 }
