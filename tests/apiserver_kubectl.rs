@@ -308,3 +308,21 @@ fn objects_survive_a_kill_and_restart() {
         "v"
     );
 }
+
+#[test]
+fn service_account_tokens_authenticate_until_the_account_goes() {
+    let server = Server::start();
+    server.ok(&["create", "serviceaccount", "robot"]);
+    let token = server.ok(&["create", "token", "robot", "--duration=1h"]);
+    let token = token.trim();
+    assert!(token.starts_with("skiff-sa."), "{token}");
+    server.ok(&["get", "configmaps", "--token", token]);
+    // A tampered token is refused.
+    let flipped = if token.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{flipped}", &token[..token.len() - 1]);
+    let err = server.fails(&["get", "configmaps", "--token", &tampered]);
+    assert!(err.contains("Unauthorized"), "{err}");
+    server.ok(&["delete", "serviceaccount", "robot"]);
+    let err = server.fails(&["get", "configmaps", "--token", token]);
+    assert!(err.contains("Unauthorized"), "{err}");
+}

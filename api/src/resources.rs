@@ -193,7 +193,7 @@ pub static RESOURCES: &[ResourceType] = &[
         "serviceaccount",
         &["sa"],
         Namespaced,
-        &[],
+        &["token"],
         &[],
     ),
     rt(

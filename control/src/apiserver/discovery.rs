@@ -83,6 +83,13 @@ fn subresource(
         ),
         "binding" => (name, "Binding", "", "v1", &["create"]),
         "log" => (name, "Pod", "", "v1", &["get"]),
+        "token" => (
+            name,
+            "TokenRequest",
+            "authentication.k8s.io",
+            "v1",
+            &["create"],
+        ),
         _ => (
             name,
             rt.kind,

@@ -1348,3 +1348,66 @@ pub(super) async fn bind(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201});
     Ok(json_response(StatusCode::CREATED, &status))
 }
+
+/// Longest and default lifetime of a ServiceAccount token, as Kubernetes'
+/// TokenRequest defaults (one hour) and its usual maximum (one day).
+const TOKEN_DEFAULT_SECONDS: i64 = 3600;
+const TOKEN_MAX_SECONDS: i64 = 86_400;
+
+/// `serviceaccounts/NAME/token`: issues a token for the account
+/// (`kubectl create token NAME`).
+pub(super) async fn token_request(
+    state: &Arc<State>,
+    req: &Req,
+    t: &Target,
+) -> ApiResult<Response> {
+    let request = if req.body.is_empty() {
+        json!({})
+    } else {
+        decode_body(req)?
+    };
+    let name = t.name.as_deref().unwrap_or_default();
+    let ns = t.namespace.as_deref().unwrap_or("default");
+    let (account, _) = get_object(state, t.rt, Some(ns), name).await?;
+    let seconds = request
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(TOKEN_DEFAULT_SECONDS);
+    if !(600..=TOKEN_MAX_SECONDS).contains(&seconds) {
+        let invalid = skiff_api::Invalid {
+            kind: "TokenRequest".into(),
+            name: name.to_string(),
+            causes: vec![skiff_api::Cause::invalid(
+                "spec.expirationSeconds",
+                &json!(seconds),
+                "may not be shorter than 10 minutes or longer than 24 hours",
+            )],
+        };
+        return Err(ApiError::invalid(&invalid, "authentication.k8s.io"));
+    }
+    let now_secs = jiff::Timestamp::now().as_second();
+    let claims = super::auth::AccountClaims {
+        ns: ns.to_string(),
+        name: name.to_string(),
+        uid: account
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        exp: now_secs + seconds,
+    };
+    let expires = jiff::Timestamp::from_second(claims.exp)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let body = json!({
+        "kind": "TokenRequest",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": now()},
+        "spec": {
+            "audiences": request.pointer("/spec/audiences").cloned().unwrap_or(json!([])),
+            "expirationSeconds": seconds,
+        },
+        "status": {"token": state.tokens.issue(&claims), "expirationTimestamp": expires},
+    });
+    Ok(json_response(StatusCode::CREATED, &body))
+}

@@ -266,6 +266,7 @@ async fn resource(
             objects::scale(state, req, &t).await
         }
         (&Method::POST, true, Some("binding")) => objects::bind(state, req, &t).await,
+        (&Method::POST, true, Some("token")) => objects::token_request(state, req, &t).await,
         (&Method::GET, true, Some("log")) => Err(ApiError::bad_request(
             "pod logs are served by the node agent, and no node agent runs this pod",
         )),

@@ -1670,6 +1670,34 @@ pub(super) static WORKLOAD_REFERENCE: Message = Message {
     ],
 };
 
+// Added by hand (not by schema_gen.py): the body of `kubectl create token`.
+// Tags from k8s-pb 0.9 `api::authentication::v1`.
+pub(super) static TOKEN_REQUEST: Message = Message {
+    name: "TokenRequest",
+    fields: &[
+        f(1, "metadata", One, Msg(&OBJECT_META), Always),
+        f(2, "spec", One, Msg(&TOKEN_REQUEST_SPEC), Always),
+        f(3, "status", One, Skip, NonZero),
+    ],
+};
+pub(super) static TOKEN_REQUEST_SPEC: Message = Message {
+    name: "TokenRequestSpec",
+    fields: &[
+        f(1, "audiences", List, Str, NonZero),
+        f(4, "expirationSeconds", One, Int, Present),
+        f(3, "boundObjectRef", One, Msg(&BOUND_OBJECT_REFERENCE), Present),
+    ],
+};
+pub(super) static BOUND_OBJECT_REFERENCE: Message = Message {
+    name: "BoundObjectReference",
+    fields: &[
+        f(1, "kind", One, Str, NonZero),
+        f(2, "apiVersion", One, Str, NonZero),
+        f(3, "name", One, Str, NonZero),
+        f(4, "uid", One, Str, NonZero),
+    ],
+};
+
 /// The objects decoded in full, by apiVersion and kind.
 pub(super) static KINDS: &[(&str, &str, &Message)] = &[
     ("v1", "Namespace", &NAMESPACE),
@@ -1689,4 +1717,5 @@ pub(super) static KINDS: &[(&str, &str, &Message)] = &[
     ("coordination.k8s.io/v1", "Lease", &LEASE),
     ("discovery.k8s.io/v1", "EndpointSlice", &ENDPOINT_SLICE),
     ("networking.k8s.io/v1", "Ingress", &INGRESS),
+    ("authentication.k8s.io/v1", "TokenRequest", &TOKEN_REQUEST),
 ];
