@@ -298,6 +298,25 @@ fn unauthenticated_requests_are_refused() {
 }
 
 #[test]
+fn sigterm_stops_the_server_cleanly() {
+    let server = Server::start();
+    server.ok(&["create", "configmap", "before-stop", "--from-literal=k=v"]);
+    let (status, dir) = server.terminate();
+    assert!(status.success(), "{status:?}");
+    let server = Server::start_in(dir);
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "configmap",
+            "before-stop",
+            "-o",
+            "jsonpath={.data.k}"
+        ]),
+        "v"
+    );
+}
+
+#[test]
 fn objects_survive_a_kill_and_restart() {
     let server = Server::start();
     server.ok(&["create", "configmap", "kept", "--from-literal=k=v"]);
