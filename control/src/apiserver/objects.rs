@@ -89,12 +89,7 @@ fn resource_version_of(obj: &Value) -> ApiResult<Option<u64>> {
 /// the Python client does), YAML, or the protobuf envelope kubectl uses for
 /// some creates.
 fn decode_body(req: &Req) -> ApiResult<Value> {
-    let ct = req
-        .content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim();
+    let ct = req.media_type();
     let value: Value = match ct {
         "application/vnd.kubernetes.protobuf" => super::protobuf::decode(&req.body)?,
         "application/yaml" | "application/apply-patch+yaml" => serde_yaml_ng::from_slice(&req.body)
@@ -906,12 +901,7 @@ pub(super) async fn update(state: &Arc<State>, req: &Req, t: &Target) -> ApiResu
 }
 
 pub(super) async fn patch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult<Response> {
-    let ct = req
-        .content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim();
+    let ct = req.media_type();
     let kind =
         PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media_type(ct))?;
     let rt = t.rt;
@@ -1246,12 +1236,7 @@ pub(super) async fn scale(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
             axum::http::Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
             axum::http::Method::PUT => decode_body(req)?,
             _ => {
-                let ct = req
-                    .content_type
-                    .split(';')
-                    .next()
-                    .unwrap_or_default()
-                    .trim();
+                let ct = req.media_type();
                 match PatchType::from_content_type(ct) {
                     Some(PatchType::Json) => patch::json_patch(&scale, &req.body),
                     Some(PatchType::Merge | PatchType::StrategicMerge) => {

@@ -36,6 +36,15 @@ impl Req {
         matches!(self.param(name), Some("true" | "1"))
     }
 
+    /// The body's media type, without parameters (`application/json`).
+    pub(crate) fn media_type(&self) -> &str {
+        self.content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+    }
+
     /// Whether the client asked for a `meta.k8s.io` Table.
     pub(crate) fn wants_table(&self) -> bool {
         self.accept
