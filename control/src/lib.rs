@@ -8,4 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apiserver;
+pub mod client;
+pub mod controllers;
+pub mod scheduler;
 pub mod store;

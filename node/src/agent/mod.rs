@@ -1,0 +1,1 @@
+//! The node agent: registration, heartbeat, pod lifecycle, status.
