@@ -21,6 +21,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod statefulset;
 
 /// Settings shared by the controllers.
 #[derive(Debug, Clone)]
