@@ -10,5 +10,6 @@
 pub mod apiserver;
 pub mod client;
 pub mod controllers;
+pub mod leader;
 pub mod scheduler;
 pub mod store;

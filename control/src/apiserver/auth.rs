@@ -141,6 +141,12 @@ impl Tokens {
         &self.admin
     }
 
+    /// The node join token (also what the API server presents to node
+    /// agents when it proxies `pods/log`).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// Who presents `token`, if anyone.
     pub fn authenticate(&self, token: &str) -> Option<User> {
         // Compare in constant time: a token is a password.

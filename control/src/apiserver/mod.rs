@@ -11,6 +11,7 @@ mod alloc;
 mod auth;
 mod discovery;
 mod error;
+pub mod nodeproxy;
 mod objects;
 mod pki;
 mod protobuf;

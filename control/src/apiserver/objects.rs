@@ -234,7 +234,7 @@ fn spec_equal(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
-async fn get_object(
+pub(super) async fn get_object(
     state: &State,
     rt: &ResourceType,
     ns: Option<&str>,

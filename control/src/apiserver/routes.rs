@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use skiff_api::ResourceType;
 use skiff_api::resources::by_plural;
 
-use super::{ApiError, ApiResult, MAX_BODY, State, discovery, objects, watch};
+use super::{ApiError, ApiResult, MAX_BODY, State, discovery, nodeproxy, objects, watch};
 
 /// What a handler needs from the request.
 pub(crate) struct Req {
@@ -276,9 +276,7 @@ async fn resource(
         }
         (&Method::POST, true, Some("binding")) => objects::bind(state, req, &t).await,
         (&Method::POST, true, Some("token")) => objects::token_request(state, req, &t).await,
-        (&Method::GET, true, Some("log")) => Err(ApiError::bad_request(
-            "pod logs are served by the node agent, and no node agent runs this pod",
-        )),
+        (&Method::GET, true, Some("log")) => nodeproxy::pod_log(state, req, &t).await,
         (method, _, _) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method ({method}) on the requested resource"
         ))),
