@@ -164,8 +164,37 @@ pub async fn serve_listener(
     sandbox: Sandbox,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
     let shared = Arc::new((component, sandbox));
+    serve_with(
+        listener,
+        move |request, _peer| {
+            let shared = shared.clone();
+            async move {
+                let (component, sandbox) = &*shared;
+                component.serve(request, sandbox).await
+            }
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener`, answering each request with
+/// `handler(request, peer address)`, until `shutdown` resolves; then stops
+/// accepting and waits for open connections to finish. The accept loop
+/// survives failed accepts (out of file descriptors) and broken
+/// connections.
+pub async fn serve_with<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<ResponseBody>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let handler = Arc::new(handler);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer): (_, SocketAddr) = tokio::select! {
@@ -181,14 +210,11 @@ pub async fn serve_listener(
             },
             () = &mut shutdown => break,
         };
-        let shared = shared.clone();
+        let handler = handler.clone();
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move {
-                    let (component, sandbox) = &*shared;
-                    Ok::<_, Infallible>(component.serve(request, sandbox).await)
-                }
+                let response = handler(request, peer);
+                async move { Ok::<_, Infallible>(response.await) }
             });
         let builder = auto::Builder::new(TokioExecutor::new());
         let connection = builder
