@@ -122,7 +122,7 @@ pub static RESOURCES: &[ResourceType] = &[
         "namespace",
         &["ns"],
         Cluster,
-        &["status"],
+        &["status", "finalize"],
         &[],
     ),
     rt(

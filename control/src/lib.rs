@@ -11,5 +11,6 @@ pub mod apiserver;
 pub mod client;
 pub mod controllers;
 pub mod leader;
+pub mod manager;
 pub mod scheduler;
 pub mod store;

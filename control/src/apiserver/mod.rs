@@ -15,6 +15,7 @@ pub mod nodeproxy;
 mod objects;
 mod pki;
 mod protobuf;
+mod registry;
 mod routes;
 mod watch;
 
@@ -61,6 +62,18 @@ pub enum ServerError {
         /// The reason (for example: address already in use).
         #[source]
         source: std::io::Error,
+    },
+    /// Another process serves this data directory.
+    #[error(
+        "the data directory {} is in use by another skiff process{}; stop it or choose another --data-dir",
+        dir.display(),
+        holder.as_ref().map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The pid written by the process holding it, if readable.
+        holder: Option<String>,
     },
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
@@ -109,6 +122,8 @@ pub(crate) struct State {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) tokens: Tokens,
     pub(crate) allocator: alloc::Allocator,
+    /// The built-in OCI registry's files (`data_dir/registry`).
+    pub(crate) registry: registry::Storage,
 }
 
 /// A running API server. Dropping it does not stop it: call
@@ -116,6 +131,8 @@ pub(crate) struct State {
 pub struct ApiServer {
     addr: SocketAddr,
     kubeconfig: PathBuf,
+    /// The data directory's lock, held while the server runs.
+    lock: Option<std::fs::File>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<()>,
     compactor: JoinHandle<()>,
@@ -134,8 +151,11 @@ impl ApiServer {
     /// writes `data_dir/kubeconfig` (admin) and `data_dir/node-token`,
     /// makes sure the default namespaces exist, and starts serving HTTPS.
     pub async fn start(config: Config) -> Result<ApiServer, ServerError> {
+        let lock = lock_data_dir(&config.data_dir)?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(config.data_dir.join("store"))?);
-        Self::start_with_store(config, store).await
+        let mut server = Self::start_with_store(config, store).await?;
+        server.lock = Some(lock);
+        Ok(server)
     }
 
     /// Like [`ApiServer::start`] over a store the caller opened.
@@ -165,6 +185,12 @@ impl ApiServer {
         hosts.extend(config.hosts.iter().cloned());
         let pki = Pki::load_or_create(&config.data_dir.join("pki"), &hosts)?;
         let tokens = Tokens::load_or_create(&config.data_dir)?;
+        let registry_dir = config.data_dir.join("registry");
+        let registry =
+            registry::Storage::open(registry_dir.clone()).map_err(|source| ServerError::Io {
+                path: registry_dir,
+                source,
+            })?;
         let kubeconfig = config.data_dir.join("kubeconfig");
         let server_url = format!("https://{}", display_addr(addr));
         pki::write_private(
@@ -181,6 +207,7 @@ impl ApiServer {
             store,
             tokens,
             allocator,
+            registry,
         });
         objects::ensure_default_namespaces(&state).await;
         let tls = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
@@ -191,6 +218,7 @@ impl ApiServer {
         Ok(ApiServer {
             addr,
             kubeconfig,
+            lock: None,
             stop: Some(stop),
             task,
             compactor,
@@ -294,4 +322,40 @@ async fn serve(
     // Open watches end when their streams notice shutdown or time out; the
     // caller bounds this wait.
     graceful.shutdown().await;
+}
+
+/// Takes the exclusive lock of `dir/skiff.lock` (released when the process
+/// exits, however it exits) and writes our pid into it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    use std::io::Write;
+    let path = dir.join("skiff.lock");
+    let io = |source| ServerError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty());
+            return Err(ServerError::Locked {
+                dir: dir.to_owned(),
+                holder,
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => return Err(io(source)),
+    }
+    file.set_len(0).map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
 }

@@ -762,6 +762,15 @@ async fn write_update(
     let rt = t.rt;
     let name = name_of(old).to_string();
     let status_only = t.subresource.as_deref() == Some("status");
+    if t.subresource.as_deref() == Some("finalize") {
+        // namespaces/NAME/finalize changes spec.finalizers and nothing else.
+        let finalizers = new.pointer("/spec/finalizers").cloned();
+        new = old.clone();
+        set_spec_finalizers(&mut new, finalizers);
+    } else if rt.kind == "Namespace" {
+        // Only the finalize subresource may change a namespace's finalizers.
+        set_spec_finalizers(&mut new, old.pointer("/spec/finalizers").cloned());
+    }
     if status_only {
         // The status subresource changes status and nothing else.
         let status = new.get("status").cloned();
@@ -826,11 +835,15 @@ async fn write_update(
     let warnings = admit(rt, Operation::Update, &mut new, Some(old), req)?;
     patch::apply::record_update(rt.kind, Some(old), &mut new, &req.manager(), &now())
         .map_err(patch_error)?;
-    // An object being deleted goes once its last finalizer is removed.
-    let finalizers_empty = new
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_none_or(|f| f.is_empty());
+    // An object being deleted goes once its last finalizer is removed (a
+    // namespace's spec finalizers included).
+    let empty = |path: &str| {
+        new.pointer(path)
+            .and_then(Value::as_array)
+            .is_none_or(|f| f.is_empty())
+    };
+    let finalizers_empty = empty("/metadata/finalizers")
+        && (rt.kind != "Namespace" || empty("/spec/finalizers"));
     let key = rt.key(obj_ns(old), &name);
     if new.pointer("/metadata/deletionTimestamp").is_some()
         && finalizers_empty
@@ -1395,4 +1408,21 @@ pub(super) async fn token_request(
         "status": {"token": state.tokens.issue(&claims), "expirationTimestamp": expires},
     });
     Ok(json_response(StatusCode::CREATED, &body))
+}
+
+/// Sets (or, with `None`, removes) a namespace's `spec.finalizers`.
+fn set_spec_finalizers(obj: &mut Value, finalizers: Option<Value>) {
+    match finalizers {
+        Some(f) => {
+            if !obj["spec"].is_object() {
+                obj["spec"] = json!({});
+            }
+            obj["spec"]["finalizers"] = f;
+        }
+        None => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("finalizers");
+            }
+        }
+    }
 }

@@ -83,6 +83,10 @@ pub(super) fn router(state: Arc<State>) -> axum::Router {
             state.clone(),
             super::auth::authenticate,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::registry::front,
+        ))
         .with_state(state)
 }
 
@@ -90,6 +94,10 @@ async fn dispatch(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
     request: Request,
 ) -> Response {
+    // The built-in OCI registry streams its own (large) bodies.
+    if super::registry::owns(request.uri().path()) {
+        return super::registry::handle(&state, request).await;
+    }
     let (parts, body) = request.into_parts();
     let header = |name: header::HeaderName| {
         parts
@@ -273,6 +281,9 @@ async fn resource(
         (&Method::DELETE, true, None) => objects::delete(state, req, &t).await,
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale")) => {
             objects::scale(state, req, &t).await
+        }
+        (&Method::PUT, true, Some("finalize")) if t.rt.kind == "Namespace" => {
+            objects::update(state, req, &t).await
         }
         (&Method::POST, true, Some("binding")) => objects::bind(state, req, &t).await,
         (&Method::POST, true, Some("token")) => objects::token_request(state, req, &t).await,

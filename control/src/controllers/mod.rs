@@ -19,6 +19,7 @@ pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod statefulset;
