@@ -31,8 +31,61 @@ enum Command {
     /// Run one component directly on the runtime, without a cluster.
     #[command(subcommand)]
     Component(ComponentCommand),
-    /// Run the control plane's API server.
+    /// Run the control plane: the API server, and the scheduler and
+    /// controllers (with leader election).
     Server(ServerArgs),
+    /// Run only the scheduler and controllers against an API server; any
+    /// number may run, one leads (a standby takes over when it dies).
+    Controllers(ControllersArgs),
+    /// Run a node agent: register a Node and run the pods bound to it.
+    Agent(AgentArgs),
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The API server's URL.
+    #[arg(long)]
+    server: String,
+    /// File holding the node token (the API server's `node-token`).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// The cluster CA certificate (PEM) to check the API server against.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// The Node's name.
+    #[arg(long)]
+    name: String,
+    /// Where images, compiled components, volumes and the agent's
+    /// certificate live.
+    #[arg(long, default_value = "skiff-agent")]
+    data_dir: PathBuf,
+    /// Accept `file://` and absolute-path images (development only).
+    #[arg(long)]
+    dev_local_images: bool,
+    /// Allow pods to mount hostPath volumes.
+    #[arg(long)]
+    allow_host_path: bool,
+    /// Pods this node accepts.
+    #[arg(long, default_value_t = 110)]
+    max_pods: u32,
+    /// CPU this node offers, in millicores.
+    #[arg(long, default_value_t = 4000)]
+    cpu: u64,
+    /// Memory this node offers, in bytes.
+    #[arg(long, default_value_t = 8 << 30)]
+    memory: u64,
+    /// Address of the HTTPS log endpoint (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Address NodePort Services listen on (`none` to open none).
+    #[arg(long, default_value = "0.0.0.0")]
+    node_port_address: String,
+    /// Value of the node.kubernetes.io/instance-type label.
+    #[arg(long)]
+    instance_type: Option<String>,
+    /// First restart backoff in milliseconds (doubles up to 30x, max 5 min).
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    restart_backoff_ms: u64,
 }
 
 #[derive(Args)]
@@ -49,6 +102,56 @@ struct ServerArgs {
     /// Seconds between compactions of the store's history.
     #[arg(long, default_value_t = 300, hide = true)]
     compaction_interval_secs: u64,
+    /// Run only the API server (scheduler and controllers run elsewhere,
+    /// with `skiff controllers`).
+    #[arg(long)]
+    disable_controllers: bool,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+#[derive(Args)]
+struct ControllersArgs {
+    /// Kubeconfig of the cluster to control.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+#[derive(Args, Clone)]
+struct ControlArgs {
+    /// Seconds a node may go without renewing its Lease before it is
+    /// marked NotReady.
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_secs: u64,
+    /// Seconds pods stay on an unreachable node before they are evicted
+    /// (unless they tolerate it for longer).
+    #[arg(long, default_value_t = 30)]
+    pod_eviction_timeout_secs: u64,
+    /// Seconds a silent leader keeps its Lease (the standby waits this long).
+    #[arg(long, default_value_t = 15)]
+    leader_lease_secs: u64,
+}
+
+impl ControlArgs {
+    fn config(&self) -> skiff_control::manager::ManagerConfig {
+        use skiff_control::manager::{ElectionTimings, ManagerConfig};
+        let lease = Duration::from_secs(self.leader_lease_secs.max(2));
+        ManagerConfig {
+            controllers: skiff_control::controllers::Options {
+                node_monitor_grace: Duration::from_secs(self.node_monitor_grace_secs.max(1)),
+                pod_eviction_timeout: Duration::from_secs(self.pod_eviction_timeout_secs),
+                ..Default::default()
+            },
+            election: Some(ElectionTimings {
+                lease_duration: lease,
+                renew_deadline: lease * 2 / 3,
+                retry_period: (lease / 7).max(Duration::from_millis(200)),
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -174,7 +277,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Component(command) => component(command).await,
         Command::Server(args) => server(args).await,
+        Command::Controllers(args) => controllers(args).await,
+        Command::Agent(args) => agent(args).await,
     }
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    use skiff_node::agent::{Agent, AgentConfig};
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("cannot read the node token {}", args.token_file.display()))?;
+    let mut config = AgentConfig::new(&args.server, &token, &args.name, &args.data_dir);
+    config.ca_file = args.ca_file;
+    config.dev_local_images = args.dev_local_images;
+    config.allow_host_path = args.allow_host_path;
+    config.max_pods = args.max_pods;
+    config.cpu_millis = args.cpu;
+    config.memory_bytes = args.memory;
+    config.listen = args.listen;
+    config.instance_type = args.instance_type;
+    config.node_port_address = match args.node_port_address.as_str() {
+        "none" => None,
+        ip => Some(ip.parse().with_context(|| {
+            format!("--node-port-address {ip:?} is neither an IP address nor `none`")
+        })?),
+    };
+    config.restart_backoff = Duration::from_millis(args.restart_backoff_ms.max(1));
+    config.max_restart_backoff = (config.restart_backoff * 30).min(Duration::from_secs(300));
+    let agent = Agent::start(config).await?;
+    println!(
+        "skiff: node agent {} ready; logs on https://127.0.0.1:{}",
+        agent.name(),
+        agent.port()
+    );
+    shutdown_signal().await;
+    agent.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -188,13 +325,45 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let mut config = Config::new(&args.data_dir, SocketAddr::new(args.bind, args.api_port));
     config.compaction_interval = Duration::from_secs(args.compaction_interval_secs.max(1));
     let server = ApiServer::start(config).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let manager = if args.disable_controllers {
+        None
+    } else {
+        let client = skiff_control::client::from_kubeconfig(server.kubeconfig()).await?;
+        let config = args.control.config();
+        Some(tokio::spawn(skiff_control::manager::run(
+            client,
+            config,
+            async {
+                let _ = stopped.await;
+            },
+        )))
+    };
     println!(
         "skiff: API server ready at https://{}; use it with: export KUBECONFIG={}",
         server.addr(),
         server.kubeconfig().display()
     );
     shutdown_signal().await;
+    // Controllers first, so they hand their Leases over while the API is up.
+    let _ = stop.send(());
+    if let Some(manager) = manager {
+        let _ = manager.await;
+    }
     server.shutdown(Duration::from_secs(10)).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn controllers(args: ControllersArgs) -> anyhow::Result<ExitCode> {
+    let client = skiff_control::client::from_kubeconfig(&args.kubeconfig).await?;
+    client.apiserver_version().await.with_context(|| {
+        format!(
+            "cannot reach the API server of {}",
+            args.kubeconfig.display()
+        )
+    })?;
+    println!("skiff: scheduler and controllers running (leader election on)");
+    skiff_control::manager::run(client, args.control.config(), shutdown_signal()).await;
     Ok(ExitCode::SUCCESS)
 }
 

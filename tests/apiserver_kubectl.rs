@@ -345,3 +345,22 @@ fn service_account_tokens_authenticate_until_the_account_goes() {
     let err = server.fails(&["get", "configmaps", "--token", token]);
     assert!(err.contains("Unauthorized"), "{err}");
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_clearly() {
+    let server = Server::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["server", "--api-port", "0", "--data-dir"])
+        .arg(server.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another skiff process")
+            && stderr.contains(&format!("(pid {})", server.pid())),
+        "{stderr}"
+    );
+    // The first one is unharmed.
+    server.ok(&["get", "namespaces"]);
+}

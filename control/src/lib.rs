@@ -1,10 +1,13 @@
-//! Skiff's control plane: the state of the cluster and, to come, the API
-//! server, scheduler and controllers that act on it (see DESIGN.md).
+//! Skiff's control plane: the state of the cluster and the loops that act
+//! on it (see DESIGN.md).
 //!
-//! For now it holds the [`store`]: keys to bytes with etcd's semantics
-//! (revisions, compare-and-swap, watch, compaction). Begin with
-//! [`store::Store`], the trait the API server will hold as an
-//! `Arc<dyn Store>`, and [`store::SledStore::open`], its embedded backend.
+//! - [`store`]: keys to bytes with etcd's semantics (revisions,
+//!   compare-and-swap, watch, compaction); [`store::SledStore`] embedded.
+//! - [`apiserver`]: the Kubernetes API over HTTPS on that store (and the
+//!   built-in OCI registry under `/v2/`).
+//! - [`scheduler`] and [`controllers`]: API clients (kube-rs) placing pods
+//!   and converging workloads, run together by [`manager`] behind
+//!   [`leader`] election so several control-plane processes can stand by.
 #![forbid(unsafe_code)]
 
 pub mod apiserver;

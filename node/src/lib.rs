@@ -10,3 +10,4 @@
 
 pub mod agent;
 pub mod images;
+pub mod overlay;

@@ -1,11 +1,14 @@
 //! Starting real `skiff` processes and driving them with the real kubectl.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// A `skiff server` process on a loopback port, stopped (by pid) on drop.
 pub struct Server {
@@ -184,6 +187,10 @@ impl Server {
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Server {
@@ -191,4 +198,168 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Generous bound for anything the agent does (compiling a guest the first
+/// time takes seconds on a busy machine).
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// A `skiff agent` process registered as node `n1`, stopped (by pid) on
+/// drop.
+pub struct Agent {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn start(server: &Server) -> Agent {
+        Agent::start_named(server, "n1", &[])
+    }
+
+    /// Starts `skiff agent --name NAME` with extra arguments.
+    pub fn start_named(server: &Server, name: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let data = server.data_dir();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["agent", "--name", name, "--dev-local-images"])
+            .args(if extra.contains(&"--node-port-address") {
+                &[][..]
+            } else {
+                &["--node-port-address", "127.0.0.1"][..]
+            })
+            .args(extra)
+            .args(["--restart-backoff-ms", "200"])
+            .arg("--server")
+            .arg(format!("https://127.0.0.1:{}", server.port))
+            .arg("--token-file")
+            .arg(data.join("node-token"))
+            .arg("--ca-file")
+            .arg(data.join("pki").join("ca.crt"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("skiff agent starts");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("skiff agent printed its ready line");
+            if line.contains(&format!("node agent {name} ready")) {
+                break;
+            }
+        }
+        Agent { child, _dir: dir }
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "skiff agent ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or panics after
+/// `WAIT` naming `what` and the last thing seen.
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out waiting for {what}; last seen: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+pub fn get_json(server: &Server, args: &[&str]) -> Result<Value, String> {
+    let mut all = vec!["get"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-o", "json"]);
+    let out = server.kubectl(&all);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+pub fn apply(server: &Server, manifest: &str) {
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], Some(manifest));
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A free loopback port (bound and released: good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port; the whole response as text.
+pub fn http_get(port: u16, path: &str) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    Ok(response)
+}
+
+pub fn phase(pod: &Value) -> &str {
+    pod["status"]["phase"].as_str().unwrap_or_default()
+}
+
+pub fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
 }

@@ -63,9 +63,13 @@ pub(super) async fn pod_log(state: &Arc<State>, req: &Req, t: &Target) -> ApiRes
             ))
         })?;
     let nodes = by_kind("v1", "Node").expect("Node is registered");
-    let (node, _) = get_object(state, nodes, None, node_name).await.map_err(|_| {
-        ApiError::bad_request(format!("pod {name:?} runs on node {node_name:?}, which is not registered"))
-    })?;
+    let (node, _) = get_object(state, nodes, None, node_name)
+        .await
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "pod {name:?} runs on node {node_name:?}, which is not registered"
+            ))
+        })?;
     let endpoint = agent_endpoint(&node).ok_or_else(|| {
         ApiError::unavailable(format!(
             "node {node_name:?} does not publish a log endpoint (InternalIP, kubelet port and serving certificate)"
@@ -160,10 +164,13 @@ async fn fetch(endpoint: &Endpoint, path: &str, token: &str) -> Result<Response,
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint.addr))
-        .await
-        .map_err(|_| format!("connecting to {} timed out", endpoint.addr))?
-        .map_err(|e| format!("connecting to {}: {e}", endpoint.addr))?;
+    let tcp = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(endpoint.addr),
+    )
+    .await
+    .map_err(|_| format!("connecting to {} timed out", endpoint.addr))?
+    .map_err(|e| format!("connecting to {}: {e}", endpoint.addr))?;
     let name = ServerName::IpAddress(endpoint.addr.ip().into());
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
         .await
@@ -182,7 +189,10 @@ async fn fetch(endpoint: &Endpoint, path: &str, token: &str) -> Result<Response,
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status();
     if !status.is_success() {
         use http_body_util::BodyExt;
@@ -193,11 +203,13 @@ async fn fetch(endpoint: &Endpoint, path: &str, token: &str) -> Result<Response,
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         let message = String::from_utf8_lossy(&body).trim().to_owned();
-        return Err(if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
-            message
-        } else {
-            format!("the node agent answered {status}: {message}")
-        });
+        return Err(
+            if status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST {
+                message
+            } else {
+                format!("the node agent answered {status}: {message}")
+            },
+        );
     }
     let content_type = response
         .headers()
@@ -281,7 +293,11 @@ mod tests {
         assert_eq!(container_name(&one, "p", None).unwrap(), "app");
         let two = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "i"}]}});
         let err = container_name(&two, "p", None).unwrap_err();
-        assert!(err.message.contains("choose one of: [a b]"), "{}", err.message);
+        assert!(
+            err.message.contains("choose one of: [a b]"),
+            "{}",
+            err.message
+        );
         assert_eq!(container_name(&two, "p", Some("i")).unwrap(), "i");
         assert!(container_name(&two, "p", Some("x")).is_err());
     }

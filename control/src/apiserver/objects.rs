@@ -302,6 +302,42 @@ fn stamp_new(rt: &ResourceType, obj: &mut Value) {
     }
 }
 
+/// A new Job's selector and pod labels, as Kubernetes generates them unless
+/// `spec.manualSelector` is true: the Job's uid and name, under both the
+/// current and the legacy label keys, with the selector on the uid.
+fn generate_job_selector(job: &mut Value) {
+    if job.pointer("/spec/manualSelector") == Some(&json!(true))
+        || job.pointer("/spec/selector").is_some_and(|s| !s.is_null())
+    {
+        return;
+    }
+    let uid = job.pointer("/metadata/uid").cloned().unwrap_or(json!(""));
+    let name = job.pointer("/metadata/name").cloned().unwrap_or(json!(""));
+    let Some(spec) = job.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    spec.insert(
+        "selector".into(),
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    let template = spec.entry("template").or_insert_with(|| json!({}));
+    if !template["metadata"].is_object() {
+        template["metadata"] = json!({});
+    }
+    let meta = &mut template["metadata"];
+    if !meta["labels"].is_object() {
+        meta["labels"] = json!({});
+    }
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        meta["labels"][key] = value.clone();
+    }
+}
+
 pub(super) async fn get(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult<Response> {
     let name = t.name.as_deref().unwrap_or_default();
     let (obj, _) = get_object(state, t.rt, t.namespace.as_deref(), name).await?;
@@ -567,6 +603,9 @@ async fn create_object(
         }
     }
     stamp_new(rt, &mut obj);
+    if rt.kind == "Job" {
+        generate_job_selector(&mut obj);
+    }
     if rt.subresources.contains(&"status") && rt.kind != "Namespace" {
         if let Some(o) = obj.as_object_mut() {
             o.remove("status");
@@ -842,8 +881,8 @@ async fn write_update(
             .and_then(Value::as_array)
             .is_none_or(|f| f.is_empty())
     };
-    let finalizers_empty = empty("/metadata/finalizers")
-        && (rt.kind != "Namespace" || empty("/spec/finalizers"));
+    let finalizers_empty =
+        empty("/metadata/finalizers") && (rt.kind != "Namespace" || empty("/spec/finalizers"));
     let key = rt.key(obj_ns(old), &name);
     if new.pointer("/metadata/deletionTimestamp").is_some()
         && finalizers_empty

@@ -1,0 +1,9 @@
+//! The overlay: pod IPs and Service addresses are virtual and never reach
+//! the host's network stack; requests are routed at the HTTP layer by the
+//! agents (see DESIGN.md, "Overlay").
+//!
+//! [`services`] is the routing table each agent keeps from its watches of
+//! Services and EndpointSlices; [`proxy`] feeds it and serves NodePorts.
+
+pub mod proxy;
+pub mod services;
