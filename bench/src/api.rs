@@ -34,16 +34,29 @@ impl Sizes {
     /// Full or smoke sizes.
     pub fn new(smoke: bool) -> Sizes {
         if smoke {
-            Sizes { creates: 64, time_limit: Duration::from_secs(10), watchers: 10, fanout_objects: 5 }
+            Sizes {
+                creates: 64,
+                time_limit: Duration::from_secs(10),
+                watchers: 10,
+                fanout_objects: 5,
+            }
         } else {
-            Sizes { creates: 10_000, time_limit: Duration::from_secs(30), watchers: 100, fanout_objects: 100 }
+            Sizes {
+                creates: 10_000,
+                time_limit: Duration::from_secs(30),
+                watchers: 100,
+                fanout_objects: 100,
+            }
         }
     }
 }
 
 fn config_map(name: String) -> ConfigMap {
     ConfigMap {
-        metadata: ObjectMeta { name: Some(name), ..ObjectMeta::default() },
+        metadata: ObjectMeta {
+            name: Some(name),
+            ..ObjectMeta::default()
+        },
         data: Some([("key".to_owned(), "value".to_owned())].into()),
         ..ConfigMap::default()
     }
@@ -51,10 +64,15 @@ fn config_map(name: String) -> ConfigMap {
 
 async fn namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     let ns = Namespace {
-        metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
         ..Namespace::default()
     };
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await?;
     Ok(())
 }
 
@@ -97,7 +115,10 @@ pub async fn run(skiff: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Re
                         break;
                     }
                     let t = Instant::now();
-                    match api.create(&PostParams::default(), &config_map(format!("cm-{i}"))).await {
+                    match api
+                        .create(&PostParams::default(), &config_map(format!("cm-{i}")))
+                        .await
+                    {
                         Ok(_) => latencies.push(t.elapsed()),
                         Err(_) => errors += 1,
                     }
@@ -121,7 +142,10 @@ pub async fn run(skiff: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Re
     }
     report.section(
         "API server: durable creates (ConfigMaps, kube-rs client, HTTPS)",
-        table(&["clients", "creates", "creates/s", "p50", "p99", "errors"], &rows),
+        table(
+            &["clients", "creates", "creates/s", "p50", "p99", "errors"],
+            &rows,
+        ),
     );
 
     // Watch fan-out: every watcher must see every object; latency is from
@@ -158,7 +182,8 @@ pub async fn run(skiff: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Re
     for i in 0..sizes.fanout_objects {
         let name = format!("fan-{i}");
         sent.set(name.clone(), Instant::now());
-        api.create(&PostParams::default(), &config_map(name)).await?;
+        api.create(&PostParams::default(), &config_map(name))
+            .await?;
     }
     let expected = sizes.watchers * sizes.fanout_objects;
     let mut delivered = Vec::with_capacity(expected);
@@ -182,7 +207,14 @@ pub async fn run(skiff: &Path, sizes: &Sizes, report: &mut Report) -> anyhow::Re
     report.section(
         "API server: watch fan-out",
         table(
-            &["watchers", "objects", "events delivered", "all delivered in", "p50 delivery", "p99 delivery"],
+            &[
+                "watchers",
+                "objects",
+                "events delivered",
+                "all delivered in",
+                "p50 delivery",
+                "p99 delivery",
+            ],
             &[vec![
                 sizes.watchers.to_string(),
                 sizes.fanout_objects.to_string(),
@@ -215,10 +247,17 @@ mod parking {
 
     impl Times {
         pub fn set(&self, name: String, at: Instant) {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(name, at);
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name, at);
         }
         pub fn get(&self, name: &str) -> Option<Instant> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).get(name).copied()
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .copied()
         }
     }
 }

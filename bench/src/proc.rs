@@ -86,7 +86,9 @@ pub fn rss(pid: u32) -> u64 {
 
 /// A free loopback TCP port (bound and released).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Waits until something accepts TCP connections on `127.0.0.1:port`.

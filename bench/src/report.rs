@@ -55,7 +55,11 @@ impl Report {
 
 /// A markdown table from a header row and rows.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut s = format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len()));
+    let mut s = format!(
+        "| {} |\n|{}\n",
+        header.join(" | "),
+        "---|".repeat(header.len())
+    );
     for row in rows {
         s.push_str(&format!("| {} |\n", row.join(" | ")));
     }

@@ -32,7 +32,13 @@ pub struct Wrk {
 pub fn wrk(url: &str, connections: usize, seconds: u64) -> anyhow::Result<Wrk> {
     let threads = connections.clamp(1, 2);
     let out = Command::new("wrk")
-        .args(["--latency", "-t", &threads.to_string(), "-c", &connections.to_string()])
+        .args([
+            "--latency",
+            "-t",
+            &threads.to_string(),
+            "-c",
+            &connections.to_string(),
+        ])
         .args(["-d", &format!("{seconds}s"), "--timeout", "5s", url])
         .output()
         .context("running wrk (install it: apt-get install wrk)")?;
@@ -66,7 +72,11 @@ pub fn parse_wrk(text: &str) -> anyhow::Result<Wrk> {
             (Some("50%"), Some(v)) => w.p50 = parse_duration(v).context("p50")?,
             (Some("99%"), Some(v)) => w.p99 = parse_duration(v).context("p99")?,
             (Some("Non-2xx"), _) => {
-                w.errors += line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                w.errors += line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
             }
             (Some("Socket"), Some("errors:")) => {
                 w.errors += line
@@ -102,15 +112,21 @@ pub fn run(skiff: &Path, component: &Path, smoke: bool, report: &mut Report) -> 
     let mut servers: Vec<(&str, Command)> = Vec::new();
     let skiff_port = free_port()?;
     let mut cmd = Command::new(skiff);
-    cmd.args(["component", "serve", "--listen", &format!("127.0.0.1:{skiff_port}")])
-        .arg(component)
-        .env("RUST_LOG", "error");
+    cmd.args([
+        "component",
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{skiff_port}"),
+    ])
+    .arg(component)
+    .env("RUST_LOG", "error");
     servers.push(("skiff component serve", cmd));
     let wasmtime = wasmtime_cli();
     let wasmtime_port = free_port()?;
     if let Some(bin) = &wasmtime {
         let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--addr", &format!("127.0.0.1:{wasmtime_port}")]).arg(component);
+        cmd.args(["serve", "--addr", &format!("127.0.0.1:{wasmtime_port}")])
+            .arg(component);
         servers.push(("wasmtime serve 48", cmd));
     } else if !smoke {
         bail!("wasmtime 48 is not installed: bench/run installs it into bench/.tools");
@@ -143,7 +159,10 @@ pub fn run(skiff: &Path, component: &Path, smoke: bool, report: &mut Report) -> 
             if let Some((_, base)) = results.iter().find(|(n, _)| n.starts_with("wasmtime")) {
                 let b = base[i];
                 row.push(format!("{:.2}×", w.rps / b.rps));
-                row.push(format!("{:.2}×", w.p99.as_secs_f64() / b.p99.as_secs_f64().max(1e-9)));
+                row.push(format!(
+                    "{:.2}×",
+                    w.p99.as_secs_f64() / b.p99.as_secs_f64().max(1e-9)
+                ));
             }
             rows.push(row);
         }

@@ -109,7 +109,12 @@ pub async fn run<W, Fut>(
             Err(error) => {
                 tracing::warn!(%error, lease = %election.name, "leader election: cannot reach the lease");
                 if leading && last_renewal.elapsed() >= election.renew_deadline {
-                    stop(&mut task, &election, "could not renew within the renew deadline").await;
+                    stop(
+                        &mut task,
+                        &election,
+                        "could not renew within the renew deadline",
+                    )
+                    .await;
                 }
             }
         }

@@ -43,16 +43,34 @@ type Start = fn(Context) -> BoxFuture<'static, anyhow::Result<()>>;
 
 /// Every controller, by the name Kubernetes gives it.
 const CONTROLLERS: &[(&str, Start)] = &[
-    ("replicaset-controller", |c| Box::pin(controllers::replicaset::run(c))),
-    ("deployment-controller", |c| Box::pin(controllers::deployment::run(c))),
-    ("statefulset-controller", |c| Box::pin(controllers::statefulset::run(c))),
+    ("replicaset-controller", |c| {
+        Box::pin(controllers::replicaset::run(c))
+    }),
+    ("deployment-controller", |c| {
+        Box::pin(controllers::deployment::run(c))
+    }),
+    ("statefulset-controller", |c| {
+        Box::pin(controllers::statefulset::run(c))
+    }),
     ("job-controller", |c| Box::pin(controllers::job::run(c))),
-    ("cronjob-controller", |c| Box::pin(controllers::cronjob::run(c))),
-    ("endpoint-controller", |c| Box::pin(controllers::endpoints::run(c))),
-    ("namespace-controller", |c| Box::pin(controllers::namespace::run(c))),
-    ("garbage-collector-controller", |c| Box::pin(controllers::gc::run(c))),
-    ("node-lifecycle-controller", |c| Box::pin(controllers::nodelifecycle::run(c))),
-    ("node-ipam-controller", |c| Box::pin(controllers::nodeipam::run(c))),
+    ("cronjob-controller", |c| {
+        Box::pin(controllers::cronjob::run(c))
+    }),
+    ("endpoint-controller", |c| {
+        Box::pin(controllers::endpoints::run(c))
+    }),
+    ("namespace-controller", |c| {
+        Box::pin(controllers::namespace::run(c))
+    }),
+    ("garbage-collector-controller", |c| {
+        Box::pin(controllers::gc::run(c))
+    }),
+    ("node-lifecycle-controller", |c| {
+        Box::pin(controllers::nodelifecycle::run(c))
+    }),
+    ("node-ipam-controller", |c| {
+        Box::pin(controllers::nodeipam::run(c))
+    }),
 ];
 
 /// Runs the scheduler and the controllers (each while it leads) until
@@ -88,11 +106,13 @@ pub async fn run(client: kube::Client, config: ManagerConfig, shutdown: impl Fut
     let scheduler = leader::run(
         client,
         election("skiff-scheduler"),
-        move || supervise("scheduler", {
-            let client = scheduler_client.clone();
-            let options = scheduler_options.clone();
-            move || Box::pin(scheduler::run(client.clone(), options.clone()))
-        }),
+        move || {
+            supervise("scheduler", {
+                let client = scheduler_client.clone();
+                let options = scheduler_options.clone();
+                move || Box::pin(scheduler::run(client.clone(), options.clone()))
+            })
+        },
         stopped(stop_rx),
     );
     let both = async { tokio::join!(controller_manager, scheduler) };
@@ -133,7 +153,9 @@ where
         let _abort = AbortOnDrop(task.abort_handle());
         match task.await {
             Ok(Ok(())) => tracing::warn!(name, "stopped unexpectedly; restarting"),
-            Ok(Err(error)) => tracing::error!(name, error = %format!("{error:#}"), "failed; restarting"),
+            Ok(Err(error)) => {
+                tracing::error!(name, error = %format!("{error:#}"), "failed; restarting")
+            }
             Err(join) => tracing::error!(name, %join, "panicked; restarting"),
         }
         if began.elapsed() > Duration::from_secs(60) {

@@ -101,7 +101,11 @@ async fn one_leader_and_a_standby_takes_over() {
     }
     let first = holder(&client).await.expect("the lease names its holder");
     let (leader, standby) = if first == a.identity { (a, b) } else { (b, a) };
-    assert_eq!(leader.running.load(Ordering::SeqCst), 1, "the holder is the one working");
+    assert_eq!(
+        leader.running.load(Ordering::SeqCst),
+        1,
+        "the holder is the one working"
+    );
 
     // Kill the leader without a goodbye: its work must stop with it, and
     // the standby must take over once the lease has expired.
@@ -114,7 +118,10 @@ async fn one_leader_and_a_standby_takes_over() {
     })
     .await;
     let took = killed_at.elapsed();
-    assert_eq!(holder(&client).await.as_deref(), Some(standby.identity.as_str()));
+    assert_eq!(
+        holder(&client).await.as_deref(),
+        Some(standby.identity.as_str())
+    );
     // Not before the lease could have expired (it was renewed at most one
     // retry period before the kill).
     assert!(
@@ -131,9 +138,11 @@ async fn one_leader_and_a_standby_takes_over() {
     let _ = standby.stop.send(());
     standby.task.await.unwrap();
     assert_eq!(standby.running.load(Ordering::SeqCst), 0);
-    eventually(Duration::from_secs(2), "the new candidate to lead after a release", || async {
-        (c.running.load(Ordering::SeqCst) == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the new candidate to lead after a release",
+        || async { (c.running.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
     .await;
     assert_eq!(holder(&client).await.as_deref(), Some("c"));
     assert_eq!(most.load(Ordering::SeqCst), 1, "two leaders at once");

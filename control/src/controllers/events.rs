@@ -97,12 +97,14 @@ impl Recorder {
 
     /// Shorthand for a `Normal` event.
     pub async fn normal(&self, object: &ObjectReference, reason: &str, message: &str) {
-        self.publish(object, EventType::Normal, reason, message).await;
+        self.publish(object, EventType::Normal, reason, message)
+            .await;
     }
 
     /// Shorthand for a `Warning` event.
     pub async fn warning(&self, object: &ObjectReference, reason: &str, message: &str) {
-        self.publish(object, EventType::Warning, reason, message).await;
+        self.publish(object, EventType::Warning, reason, message)
+            .await;
     }
 
     async fn try_publish(

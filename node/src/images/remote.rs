@@ -439,6 +439,62 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// Pushes `component` to the built-in registry as `name:tag` (or `name`,
+/// meaning `latest`), in the wasm artifact layout wasm tooling uses (one
+/// `application/wasm` layer, a `application/vnd.wasm.config.v0+json`
+/// config). Returns the manifest digest.
+pub async fn push(
+    registry: &BuiltinRegistry,
+    name: &str,
+    component: &[u8],
+) -> Result<String, String> {
+    use oci_client::client::{Config, ImageLayer};
+    use oci_client::manifest::OciImageManifest;
+    use sha2::Digest;
+    if !component.starts_with(b"\0asm") {
+        return Err("not a WebAssembly file (no \\0asm header)".into());
+    }
+    if name.contains("://") {
+        return Err(format!(
+            "{name:?}: name the image without a scheme (NAME:TAG)"
+        ));
+    }
+    let host = builtin_host(&registry.url)?;
+    let reference: Reference = format!("{host}/{name}")
+        .parse()
+        .map_err(|e| format!("invalid image name {name:?}: {e}"))?;
+    let client = build_client(
+        ClientProtocol::Https,
+        vec![Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: registry.ca_pem.clone(),
+        }],
+    )?;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(component)));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [digest],
+    }))
+    .map_err(|e| e.to_string())?;
+    let layers = vec![ImageLayer::new(
+        component.to_vec(),
+        WASM_LAYER.to_owned(),
+        None,
+    )];
+    let config = Config::new(config, WASM_CONFIG.to_owned(), None);
+    let manifest = OciImageManifest::build(&layers, &config, None);
+    let auth = RegistryAuth::Bearer(registry.token.clone());
+    client
+        .push(&reference, &layers, config, &auth, Some(manifest))
+        .await
+        .map_err(|e| format!("pushing {name}: {e}"))?;
+    client
+        .fetch_manifest_digest(&reference, &auth)
+        .await
+        .map_err(|e| format!("pushed {name}, but cannot read it back: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,60 +550,4 @@ mod tests {
         assert!(builtin_host("http://127.0.0.1:6443").is_err());
         assert!(builtin_host("https://127.0.0.1:6443/v2").is_err());
     }
-}
-
-/// Pushes `component` to the built-in registry as `name:tag` (or `name`,
-/// meaning `latest`), in the wasm artifact layout wasm tooling uses (one
-/// `application/wasm` layer, a `application/vnd.wasm.config.v0+json`
-/// config). Returns the manifest digest.
-pub async fn push(
-    registry: &BuiltinRegistry,
-    name: &str,
-    component: &[u8],
-) -> Result<String, String> {
-    use oci_client::client::{Config, ImageLayer};
-    use oci_client::manifest::OciImageManifest;
-    use sha2::Digest;
-    if !component.starts_with(b"\0asm") {
-        return Err("not a WebAssembly file (no \\0asm header)".into());
-    }
-    if name.contains("://") {
-        return Err(format!(
-            "{name:?}: name the image without a scheme (NAME:TAG)"
-        ));
-    }
-    let host = builtin_host(&registry.url)?;
-    let reference: Reference = format!("{host}/{name}")
-        .parse()
-        .map_err(|e| format!("invalid image name {name:?}: {e}"))?;
-    let client = build_client(
-        ClientProtocol::Https,
-        vec![Certificate {
-            encoding: CertificateEncoding::Pem,
-            data: registry.ca_pem.clone(),
-        }],
-    )?;
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(component)));
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "wasm",
-        "os": "wasip2",
-        "layerDigests": [digest],
-    }))
-    .map_err(|e| e.to_string())?;
-    let layers = vec![ImageLayer::new(
-        component.to_vec(),
-        WASM_LAYER.to_owned(),
-        None,
-    )];
-    let config = Config::new(config, WASM_CONFIG.to_owned(), None);
-    let manifest = OciImageManifest::build(&layers, &config, None);
-    let auth = RegistryAuth::Bearer(registry.token.clone());
-    client
-        .push(&reference, &layers, config, &auth, Some(manifest))
-        .await
-        .map_err(|e| format!("pushing {name}: {e}"))?;
-    client
-        .fetch_manifest_digest(&reference, &auth)
-        .await
-        .map_err(|e| format!("pushed {name}, but cannot read it back: {e}"))
 }

@@ -410,7 +410,7 @@ impl ServiceTable {
             .and_then(|e| e.slices.get(&port.name))
             .map(|s| s.by_slice.values().flatten().cloned().collect())
             .unwrap_or_default();
-        all.sort_by(|a, b| (a.ip, a.port).cmp(&(b.ip, b.port)));
+        all.sort_by_key(|e| (e.ip, e.port));
         all.dedup();
         all
     }
@@ -615,7 +615,7 @@ mod tests {
                 80,
                 "shop",
                 ip("10.0.0.1"),
-                &[first.clone()],
+                std::slice::from_ref(&first),
                 Instant::now(),
             )
             .unwrap();
