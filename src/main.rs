@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+
+mod up;
 use clap::{Args, Parser, Subcommand};
 use skiff_runtime::{
     AllowList, ComponentKind, Limits, Log, Origin, Runtime, RuntimeConfig, Sandbox, Stream,
@@ -39,6 +41,8 @@ enum Command {
     Controllers(ControllersArgs),
     /// Run a node agent: register a Node and run the pods bound to it.
     Agent(AgentArgs),
+    /// Run a whole cluster in one process: control plane and N nodes.
+    Up(up::UpArgs),
 }
 
 #[derive(Args)]
@@ -279,6 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Server(args) => server(args).await,
         Command::Controllers(args) => controllers(args).await,
         Command::Agent(args) => agent(args).await,
+        Command::Up(args) => up::up(args, shutdown_signal()).await,
     }
 }
 

@@ -44,15 +44,28 @@ fn body(response: &str) -> &str {
     response.split("\r\n\r\n").nth(1).unwrap_or_default()
 }
 
+/// `kubectl rollout status`, bounded; on failure the deployment, its
+/// ReplicaSets and pods are printed to say why.
 fn rollout(server: &Server, deployment: &str) {
-    ok(server, &["rollout", "status", deployment, "--timeout=180s"]);
+    let out = server.kubectl(&["rollout", "status", deployment, "--timeout=50s"]);
+    if !out.status.success() {
+        let state = server.kubectl(&["get", "deploy,rs,pods,endpoints", "-o", "wide"]);
+        let describe = server.kubectl(&["describe", deployment]);
+        panic!(
+            "rollout of {deployment} did not finish: {}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&state.stdout),
+            String::from_utf8_lossy(&describe.stdout)
+        );
+    }
 }
 
 #[test]
 fn a_cluster_runs_scales_rolls_out_and_heals() {
     let server = Server::start_with_args(&[
+        // Agents renew their Lease every 10 s: the grace must outlast that.
         "--node-monitor-grace-secs",
-        "4",
+        "15",
         "--pod-eviction-timeout-secs",
         "2",
         "--leader-lease-secs",

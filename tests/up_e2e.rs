@@ -1,0 +1,183 @@
+//! End-to-end: `skiff up --demo`, the one-command cluster, walked with the
+//! real kubectl and a plain HTTP client; killed with SIGKILL and started
+//! again on the same data directory; refused when started twice.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::{eventually, http_get};
+
+/// A `skiff up` process, killed (by pid) on drop.
+struct Up {
+    child: Child,
+    node_port: u16,
+}
+
+impl Up {
+    fn start(dir: &Path) -> Up {
+        let guests = Path::new(skiff_guests::HELLO).parent().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args([
+                "up",
+                "--api-port",
+                "0",
+                "--nodes",
+                "3",
+                "--demo",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .arg("--demo-dir")
+            .arg(guests)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("skiff up starts");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut ready = false;
+        let node_port = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("skiff up printed its ready lines");
+            ready |= line.contains("cluster ready: 3 node(s)");
+            if let Some(rest) = line.split("curl http://127.0.0.1:").nth(1) {
+                assert!(ready, "the cluster line comes first");
+                break rest.trim_end_matches('/').parse::<u16>().unwrap();
+            }
+        };
+        Up { child, node_port }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kubectl(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(dir.join("kubeconfig"))
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn hello_answers(port: u16) -> String {
+    eventually("hello on its NodePort", || {
+        let r = http_get(port, "/")?;
+        r.contains("Hello from hello-")
+            .then_some(r.clone())
+            .ok_or(r)
+    })
+}
+
+#[test]
+fn skiff_up_demo_walkthrough_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(dir.path());
+    hello_answers(up.node_port);
+
+    let nodes = kubectl(dir.path(), &["get", "nodes", "-o", "name"]).unwrap();
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    kubectl(
+        dir.path(),
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/pi",
+            "--timeout=120s",
+        ],
+    )
+    .unwrap();
+    let logs = kubectl(dir.path(), &["logs", "job/pi"]).unwrap();
+    assert!(logs.starts_with("3.14159"), "{logs}");
+
+    // Scaling to 5 spreads the pods over the three nodes.
+    kubectl(dir.path(), &["scale", "deployment/hello", "--replicas=5"]).unwrap();
+    kubectl(
+        dir.path(),
+        &["rollout", "status", "deployment/hello", "--timeout=120s"],
+    )
+    .unwrap();
+    let nodes = kubectl(
+        dir.path(),
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=hello",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+        ],
+    )
+    .unwrap();
+    let distinct: std::collections::BTreeSet<&str> = nodes.lines().collect();
+    assert_eq!(distinct.len(), 3, "pods per node: {nodes}");
+
+    // A second `skiff up` on the same data directory refuses, clearly.
+    let second = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["up", "--api-port", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("is in use by another skiff process"),
+        "{stderr}"
+    );
+
+    // SIGKILL, then the same command again: everything comes back.
+    let port = up.node_port;
+    drop(up);
+    let up = Up::start(dir.path());
+    assert_eq!(up.node_port, port, "the Service kept its NodePort");
+    hello_answers(up.node_port);
+    let replicas = kubectl(
+        dir.path(),
+        &[
+            "get",
+            "deployment",
+            "hello",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+    )
+    .unwrap();
+    assert_eq!(replicas, "5");
+    eventually("five ready hello pods again", || {
+        let ready = kubectl(
+            dir.path(),
+            &[
+                "get",
+                "deployment",
+                "hello",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ],
+        )?;
+        (ready == "5").then_some(()).ok_or(ready)
+    });
+}
