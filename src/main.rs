@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+mod push;
 mod up;
 use clap::{Args, Parser, Subcommand};
 use skiff_runtime::{
@@ -43,6 +44,10 @@ enum Command {
     Agent(AgentArgs),
     /// Run a whole cluster in one process: control plane and N nodes.
     Up(up::UpArgs),
+    /// Push a component to the cluster's built-in registry.
+    Push(push::PushArgs),
+    /// Print the admin kubeconfig of a cluster.
+    Kubeconfig(push::KubeconfigArgs),
 }
 
 #[derive(Args)]
@@ -284,6 +289,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Controllers(args) => controllers(args).await,
         Command::Agent(args) => agent(args).await,
         Command::Up(args) => up::up(args, shutdown_signal()).await,
+        Command::Push(args) => push::push(args).await,
+        Command::Kubeconfig(args) => push::kubeconfig(args),
     }
 }
 

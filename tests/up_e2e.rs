@@ -136,6 +136,46 @@ fn skiff_up_demo_walkthrough_and_restart() {
     let distinct: std::collections::BTreeSet<&str> = nodes.lines().collect();
     assert_eq!(distinct.len(), 3, "pods per node: {nodes}");
 
+    // `skiff push` a new image to the built-in registry, roll out to it,
+    // and undo.
+    let pushed = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["push", skiff_guests::ECHO, "echo:v2", "--kubeconfig"])
+        .arg(dir.path().join("kubeconfig"))
+        .output()
+        .unwrap();
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    kubectl(
+        dir.path(),
+        &["set", "image", "deployment/hello", "hello=echo:v2"],
+    )
+    .unwrap();
+    kubectl(
+        dir.path(),
+        &["rollout", "status", "deployment/hello", "--timeout=120s"],
+    )
+    .unwrap();
+    eventually("echo answering after the rollout", || {
+        let r = http_get(up.node_port, "/echoed")?;
+        r.contains("\"path\":\"/echoed\"").then_some(()).ok_or(r)
+    });
+    kubectl(dir.path(), &["rollout", "undo", "deployment/hello"]).unwrap();
+    kubectl(
+        dir.path(),
+        &["rollout", "status", "deployment/hello", "--timeout=120s"],
+    )
+    .unwrap();
+    hello_answers(up.node_port);
+    let printed = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["kubeconfig", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("server: https://127.0.0.1:"));
+
     // A second `skiff up` on the same data directory refuses, clearly.
     let second = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["up", "--api-port", "0", "--data-dir"])
