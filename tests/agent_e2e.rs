@@ -284,3 +284,77 @@ spec:
         }
     });
 }
+
+#[test]
+fn pods_keep_serving_while_the_api_server_is_down_and_are_not_restarted() {
+    let server = Server::start();
+    let api_port = server.port;
+    let agent = Agent::start(&server);
+    let port = free_port();
+    apply(
+        &server,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: steady}}
+spec:
+  nodeName: n1
+  containers:
+  - name: web
+    image: {image}
+    ports: [{{containerPort: 8080, hostPort: {port}}}]
+"#,
+            image = skiff_guests::HELLO
+        ),
+    );
+    let started = eventually("steady Running", || {
+        let pod = get_json(&server, &["pod", "steady"])?;
+        let s = &pod["status"]["containerStatuses"][0];
+        match s["state"]["running"]["startedAt"].as_str() {
+            Some(at) if phase(&pod) == "Running" => Ok(at.to_owned()),
+            _ => Err(pod["status"].to_string()),
+        }
+    });
+    eventually("steady answering", || http_get(port, "/"));
+
+    // The API server dies (SIGKILL) for 30 s: the pod keeps answering.
+    let dir = server.kill();
+    let down = std::time::Instant::now();
+    let mut answered = 0;
+    while down.elapsed() < std::time::Duration::from_secs(30) {
+        let r = http_get(port, "/").expect("the pod answers while the API is down");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        answered += 1;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(answered >= 30);
+
+    // Back on the same port: the agent reconnects and reconciles, and the
+    // container was never restarted.
+    let server = Server::start_on(dir, api_port);
+    eventually("the node Ready again", || {
+        let node = get_json(&server, &["node", "n1"])?;
+        let beat = condition(&node, "Ready")
+            .and_then(|c| c["lastHeartbeatTime"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let lease = get_json(&server, &["lease", "n1", "-n", "kube-node-lease"])?;
+        let renewed = lease["spec"]["renewTime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (renewed.as_str() > started.as_str() && !beat.is_empty())
+            .then_some(())
+            .ok_or(format!("{renewed} {beat}"))
+    });
+    let pod = get_json(&server, &["pod", "steady"]).unwrap();
+    let s = &pod["status"]["containerStatuses"][0];
+    assert_eq!(s["restartCount"], 0, "{s}");
+    assert_eq!(
+        s["state"]["running"]["startedAt"].as_str(),
+        Some(started.as_str())
+    );
+    assert!(http_get(port, "/").unwrap().starts_with("HTTP/1.1 200"));
+    drop(agent);
+}

@@ -36,9 +36,22 @@ impl Server {
         Self::launch(dir, &[])
     }
 
+    /// Starts `skiff server` over `dir` on a given port (to come back
+    /// where its clients expect it after a restart).
+    pub fn start_on(dir: tempfile::TempDir, port: u16) -> Server {
+        Self::launch(dir, &["--api-port", &port.to_string()])
+    }
+
     fn launch(dir: tempfile::TempDir, args: &[&str]) -> Server {
+        let port_args: &[&str] = if args.contains(&"--api-port") {
+            &[]
+        } else {
+            &["--api-port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["server", "--api-port", "0", "--data-dir"])
+            .arg("server")
+            .args(port_args)
+            .arg("--data-dir")
             .arg(dir.path())
             .args(args)
             .env("RUST_LOG", "warn")
