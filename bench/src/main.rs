@@ -11,6 +11,7 @@ use clap::{Parser, ValueEnum};
 mod api;
 mod proc;
 mod report;
+mod scheduler;
 mod serve;
 mod stats;
 
@@ -40,13 +41,15 @@ enum Part {
     Api,
     /// HTTP serving against `wasmtime serve`.
     Serve,
+    /// Scheduler throughput: the algorithm alone and through the API.
+    Scheduler,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let parts = if cli.parts.is_empty() {
-        vec![Part::Api, Part::Serve]
+        vec![Part::Api, Part::Serve, Part::Scheduler]
     } else {
         cli.parts.clone()
     };
@@ -55,6 +58,10 @@ async fn main() -> anyhow::Result<()> {
     for part in parts {
         match part {
             Part::Api => api::run(&cli.skiff, &api::Sizes::new(cli.smoke), &mut report).await?,
+            Part::Scheduler => {
+                scheduler::algorithm(cli.smoke, &mut report)?;
+                scheduler::end_to_end(&cli.skiff, cli.smoke, &mut report).await?;
+            }
             Part::Serve => {
                 let (skiff, hello, smoke) = (cli.skiff.clone(), cli.hello.clone(), cli.smoke);
                 // wrk and the servers are processes: run them off the runtime.

@@ -109,8 +109,6 @@ pub struct SkiffServer {
     pub process: Process,
     /// Its data directory.
     pub dir: tempfile::TempDir,
-    /// Its API port.
-    pub port: u16,
 }
 
 impl SkiffServer {
@@ -124,14 +122,8 @@ impl SkiffServer {
             .args(extra)
             .env("RUST_LOG", "error");
         let process = Process::spawn("skiff server", command)?;
-        let line = process.wait_for_line("https://127.0.0.1:", Duration::from_secs(60))?;
-        let port = line
-            .split("https://127.0.0.1:")
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-            .context("parsing the API port from the ready line")?;
-        Ok(SkiffServer { process, dir, port })
+        process.wait_for_line("https://127.0.0.1:", Duration::from_secs(60))?;
+        Ok(SkiffServer { process, dir })
     }
 
     /// The admin kubeconfig.
