@@ -48,6 +48,8 @@ enum Command {
     Push(push::PushArgs),
     /// Print the admin kubeconfig of a cluster.
     Kubeconfig(push::KubeconfigArgs),
+    /// Run a component as a Deployment (and Service), waiting until ready.
+    Run(push::RunArgs),
 }
 
 #[derive(Args)]
@@ -291,6 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => up::up(args, shutdown_signal()).await,
         Command::Push(args) => push::push(args).await,
         Command::Kubeconfig(args) => push::kubeconfig(args),
+        Command::Run(args) => push::run(args).await,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `skiff push` and `skiff kubeconfig`: conveniences kubectl lacks for wasm.
+//! `skiff push`, `skiff run` and `skiff kubeconfig`: conveniences kubectl lacks for wasm.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -126,4 +126,176 @@ async fn reachable(url: &str) -> anyhow::Result<()> {
         Ok(Ok(_)) => Ok(()),
         _ => bail!("no cluster answers at {url}: is it running (`skiff up`)?"),
     }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Name of the Deployment (and Service).
+    name: String,
+    /// The image to run (`hello:v1` from the built-in registry, or a
+    /// registry reference).
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    image: Option<String>,
+    /// A component file: pushed to the built-in registry first.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The port the component serves HTTP on.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// How many pods.
+    #[arg(long, default_value_t = 1)]
+    replicas: i32,
+    /// Also create a NodePort Service in front of the pods.
+    #[arg(long)]
+    expose: bool,
+    /// Kubeconfig of the cluster (its current context).
+    #[arg(long, env = "KUBECONFIG", default_value = "skiff-data/kubeconfig")]
+    kubeconfig: PathBuf,
+}
+
+/// `skiff run`: a Deployment (and optionally a NodePort Service) of one
+/// component, showing progress until its pods are ready.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use kube::Api;
+    use kube::api::{ListParams, Patch, PatchParams};
+
+    let registry = registry_of(&args.kubeconfig)?;
+    reachable(&registry.url).await?;
+    let image = match (&args.image, &args.file) {
+        (Some(image), _) => image.clone(),
+        (None, Some(file)) => {
+            use sha2::Digest;
+            let bytes =
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let tag = hex::encode(&sha2::Sha256::digest(&bytes)[..6]);
+            let image = format!("{}:{tag}", args.name);
+            skiff_node::images::push(&registry, &image, &bytes)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("pushed {} as {image}", file.display());
+            image
+        }
+        (None, None) => bail!("give --image or --file"),
+    };
+    let client = skiff_control::client::from_kubeconfig(&args.kubeconfig).await?;
+    let namespace = client.default_namespace().to_owned();
+    let name = &args.name;
+    let params = PatchParams::apply("skiff-run").force();
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "replicas": args.replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": name, "image": image,
+                    "ports": [{"containerPort": args.port, "name": "http"}],
+                    "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": args.port}, "periodSeconds": 2}
+                }]}
+            }
+        }
+    });
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    deployments
+        .patch(name, &params, &Patch::Apply(&deployment))
+        .await
+        .with_context(|| format!("creating deployment {name}"))?;
+    println!(
+        "deployment {namespace}/{name} ({image}, {} replica(s))",
+        args.replicas
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), &namespace);
+    if args.expose {
+        let service = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {"type": "NodePort", "selector": {"app": name},
+                     "ports": [{"port": 80, "targetPort": args.port}]}
+        });
+        services
+            .patch(name, &params, &Patch::Apply(&service))
+            .await
+            .with_context(|| format!("creating service {name}"))?;
+    }
+
+    // Progress until every replica is ready, naming what pods wait for.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(180);
+    let mut last = String::new();
+    loop {
+        let d = deployments.get(name).await?;
+        let status = d.status.unwrap_or_default();
+        let generation = d.metadata.generation.unwrap_or(0);
+        let ready = status.ready_replicas.unwrap_or(0);
+        let updated = status.updated_replicas.unwrap_or(0);
+        let done = status.observed_generation.unwrap_or(0) >= generation
+            && updated == args.replicas
+            && ready == args.replicas
+            && status.replicas.unwrap_or(0) == args.replicas;
+        let mut waiting: Vec<String> = pods
+            .list(&ListParams::default().labels(&format!("app={name}")))
+            .await?
+            .items
+            .iter()
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .filter_map(|c| {
+                let w = c.state.as_ref()?.waiting.as_ref()?;
+                Some(format!(
+                    "{}{}",
+                    w.reason.clone().unwrap_or_default(),
+                    w.message
+                        .as_ref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ))
+            })
+            .collect();
+        waiting.sort();
+        waiting.dedup();
+        let line = format!(
+            "{ready}/{} ready{}",
+            args.replicas,
+            if waiting.is_empty() {
+                String::new()
+            } else {
+                format!(" (waiting: {})", waiting.join("; "))
+            }
+        );
+        if line != last {
+            println!("  {line}");
+            last = line;
+        }
+        if done {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{name} is not ready after three minutes: {last}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if args.expose {
+        let svc = services.get(name).await?;
+        let port = svc
+            .spec
+            .and_then(|s| s.ports?.first()?.node_port)
+            .context("the Service got no NodePort")?;
+        let host = registry
+            .url
+            .trim_start_matches("https://")
+            .rsplit_once(':')
+            .map_or("127.0.0.1".to_owned(), |(h, _)| h.to_owned());
+        println!("{name} ready: curl http://{host}:{port}/");
+    } else {
+        println!("{name} ready");
+    }
+    Ok(ExitCode::SUCCESS)
 }

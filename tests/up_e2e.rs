@@ -176,6 +176,36 @@ fn skiff_up_demo_walkthrough_and_restart() {
         .unwrap();
     assert!(String::from_utf8_lossy(&printed.stdout).contains("server: https://127.0.0.1:"));
 
+    // `skiff run` a file as a Deployment behind a NodePort, with progress.
+    let run = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args([
+            "run",
+            "web",
+            "--file",
+            skiff_guests::ECHO,
+            "--replicas",
+            "2",
+            "--expose",
+        ])
+        .arg("--kubeconfig")
+        .arg(dir.path().join("kubeconfig"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(said.contains("2/2 ready"), "{said}");
+    let web_port: u16 = said
+        .split("web ready: curl http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.trim().trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    let r = http_get(web_port, "/from-run").unwrap();
+    assert!(r.contains("\"path\":\"/from-run\""), "{r}");
+
     // A second `skiff up` on the same data directory refuses, clearly.
     let second = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["up", "--api-port", "0", "--data-dir"])
