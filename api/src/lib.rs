@@ -12,11 +12,13 @@
 //!   server-side apply.
 //! - [`table`]: the `meta.k8s.io/v1` Table rows `kubectl get` prints.
 //! - [`selector`]: label and field selectors.
+//! - [`quantity`]: resource quantities as exact integers.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod invalid;
 pub mod patch;
+pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod table;

@@ -20,7 +20,7 @@
 pub mod algorithm;
 mod driver;
 pub mod plugins;
-pub mod quantity;
+pub use skiff_api::quantity;
 pub mod queue;
 pub mod snapshot;
 
