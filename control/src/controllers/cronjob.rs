@@ -37,8 +37,8 @@ use kube::{Api, Resource, ResourceExt};
 
 pub use schedule::{ParseError, Schedule};
 
-use super::events::{Recorder, reference};
-use super::{Clock, Context};
+use super::events::reference;
+use super::{Context, chain};
 use crate::controllers::job::{finished_condition, owned_by};
 
 /// The annotation carrying a job's scheduled time (RFC 3339, in the
@@ -71,22 +71,12 @@ pub enum Error {
     },
 }
 
-struct State {
-    client: kube::Client,
-    clock: Arc<dyn Clock>,
-    recorder: Recorder,
-    resync: Duration,
-}
+type State = super::Reconciler;
 
 /// Runs the CronJob controller until the task is aborted; returns an error
 /// only if its watches end.
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
-    let state = Arc::new(State {
-        client: ctx.client.clone(),
-        clock: ctx.clock.clone(),
-        recorder: ctx.recorder("cronjob-controller"),
-        resync: ctx.options.resync,
-    });
+    let state = State::new(&ctx, "cronjob-controller");
     Controller::new(
         Api::<CronJob>::all(ctx.client.clone()),
         watcher::Config::default(),
@@ -106,27 +96,21 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
 }
 
 fn error_policy(cronjob: Arc<CronJob>, error: &Error, _: Arc<State>) -> Action {
-    let conflict = matches!(error, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409);
-    if !conflict {
-        tracing::warn!(cronjob = %cronjob.name_any(), error = %chain(error), "reconcile failed");
-    }
-    Action::requeue(if conflict {
-        Duration::from_millis(100)
-    } else {
-        Duration::from_secs(2)
-    })
+    super::retry_after_error("cronjob", &cronjob.name_any(), error, error.api_source())
 }
 
-/// An error and its sources, for logs.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+impl Error {
+    /// The API error behind this one, if any.
+    fn api_source(&self) -> Option<&kube::Error> {
+        match self {
+            Error::Api { source, .. } => Some(source),
+            #[allow(
+                unreachable_patterns,
+                reason = "only some controllers have other variants"
+            )]
+            _ => None,
+        }
     }
-    out
 }
 
 async fn reconcile(cronjob: Arc<CronJob>, state: Arc<State>) -> Result<Action, Error> {

@@ -118,3 +118,56 @@ impl Context {
         events::Recorder::new(self.client.clone(), component, self.clock.clone())
     }
 }
+
+/// What the Job, CronJob and StatefulSet reconcilers hold: the client, the
+/// clock, their event recorder and the resync period.
+pub(crate) struct Reconciler {
+    pub(crate) client: kube::Client,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) recorder: events::Recorder,
+    pub(crate) resync: Duration,
+}
+
+impl Reconciler {
+    /// The reconciler state of the controller called `component`.
+    pub(crate) fn new(ctx: &Context, component: &str) -> Arc<Reconciler> {
+        Arc::new(Reconciler {
+            client: ctx.client.clone(),
+            clock: ctx.clock.clone(),
+            recorder: ctx.recorder(component),
+            resync: ctx.options.resync,
+        })
+    }
+}
+
+/// When to retry a failed reconcile: a write conflict (409, the cache was
+/// behind) almost at once, anything else after 2 s; only the latter is
+/// worth a warning.
+pub(crate) fn retry_after_error(
+    kind: &str,
+    name: &str,
+    error: &dyn std::error::Error,
+    source: Option<&kube::Error>,
+) -> kube::runtime::controller::Action {
+    let conflict = matches!(source, Some(kube::Error::Api(s)) if s.code == 409);
+    if !conflict {
+        tracing::warn!(kind, name, error = %chain(error), "reconcile failed");
+    }
+    kube::runtime::controller::Action::requeue(if conflict {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(2)
+    })
+}
+
+/// An error and its sources, one line (`a: b: c`), for logs.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -41,9 +41,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
-use super::events::{Recorder, reference};
-use super::{Clock, Context};
-use crate::controllers::cronjob::chain;
+use super::Context;
+use super::chain;
+use super::events::reference;
 use crate::controllers::job::owned_by;
 
 /// Label with the pod's name.
@@ -81,22 +81,12 @@ pub enum Error {
     },
 }
 
-struct State {
-    client: kube::Client,
-    clock: Arc<dyn Clock>,
-    recorder: Recorder,
-    resync: Duration,
-}
+type State = super::Reconciler;
 
 /// Runs the StatefulSet controller until the task is aborted; returns an
 /// error only if its watches end.
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
-    let state = Arc::new(State {
-        client: ctx.client.clone(),
-        clock: ctx.clock.clone(),
-        recorder: ctx.recorder("statefulset-controller"),
-        resync: ctx.options.resync,
-    });
+    let state = State::new(&ctx, "statefulset-controller");
     Controller::new(
         Api::<StatefulSet>::all(ctx.client.clone()),
         watcher::Config::default(),
@@ -116,15 +106,21 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
 }
 
 fn error_policy(set: Arc<StatefulSet>, error: &Error, _: Arc<State>) -> Action {
-    let conflict = matches!(error, Error::Api { source: kube::Error::Api(s), .. } if s.code == 409);
-    if !conflict {
-        tracing::warn!(statefulset = %set.name_any(), error = %chain(error), "reconcile failed");
+    super::retry_after_error("statefulset", &set.name_any(), error, error.api_source())
+}
+
+impl Error {
+    /// The API error behind this one, if any.
+    fn api_source(&self) -> Option<&kube::Error> {
+        match self {
+            Error::Api { source, .. } => Some(source),
+            #[allow(
+                unreachable_patterns,
+                reason = "only some controllers have other variants"
+            )]
+            _ => None,
+        }
     }
-    Action::requeue(if conflict {
-        Duration::from_millis(100)
-    } else {
-        Duration::from_secs(2)
-    })
 }
 
 /// The revision name for a set's current template: `<set>-<hash>`, the
