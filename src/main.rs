@@ -85,15 +85,37 @@ struct AgentArgs {
     /// Memory this node offers, in bytes.
     #[arg(long, default_value_t = 8 << 30)]
     memory: u64,
-    /// Address of the HTTPS log endpoint (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    /// Address of the HTTPS endpoint (logs, metrics) the API server
+    /// reaches; default: the node IP, a free port.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Address NodePort Services listen on (`none` to open none).
     #[arg(long, default_value = "0.0.0.0")]
     node_port_address: String,
     /// Value of the node.kubernetes.io/instance-type label.
     #[arg(long)]
     instance_type: Option<String>,
+    /// The node's address: its InternalIP, its pods' hostIP, and the
+    /// address its mesh endpoint is advertised at.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: std::net::IpAddr,
+    /// UDP address of the QUIC mesh endpoint other nodes reach this node's
+    /// pods through (`none` to run no mesh). Port 0 picks a free one,
+    /// which peers learn from the Node object; set a fixed port where a
+    /// firewall must let it through.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    mesh_listen: String,
+    /// Pod addresses to use until the control plane assigns this node a
+    /// podCIDR (normally not needed).
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// Serve Ingresses over plain HTTP on this address (e.g. 0.0.0.0:80).
+    #[arg(long)]
+    ingress_http: Option<SocketAddr>,
+    /// Serve Ingresses over TLS on this address (e.g. 0.0.0.0:443), with
+    /// certificates from the Ingresses' TLS Secrets.
+    #[arg(long)]
+    ingress_https: Option<SocketAddr>,
     /// First restart backoff in milliseconds (doubles up to 30x, max 5 min).
     #[arg(long, default_value_t = 10_000, hide = true)]
     restart_backoff_ms: u64,
@@ -143,6 +165,18 @@ struct ControlArgs {
     /// Seconds a silent leader keeps its Lease (the standby waits this long).
     #[arg(long, default_value_t = 15)]
     leader_lease_secs: u64,
+    /// The range pod addresses come from (virtual: never on the host's
+    /// network).
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: skiff_control::controllers::nodeipam::Cidr,
+    /// The prefix length of each node's slice of the cluster CIDR (a /24
+    /// holds 253 pods; dense nodes need a shorter one, e.g. 18).
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=29))]
+    node_cidr_mask_size: u8,
+}
+
+fn parse_cidr(s: &str) -> Result<skiff_control::controllers::nodeipam::Cidr, String> {
+    s.parse()
 }
 
 impl ControlArgs {
@@ -153,6 +187,8 @@ impl ControlArgs {
             controllers: skiff_control::controllers::Options {
                 node_monitor_grace: Duration::from_secs(self.node_monitor_grace_secs.max(1)),
                 pod_eviction_timeout: Duration::from_secs(self.pod_eviction_timeout_secs),
+                cluster_cidr: self.cluster_cidr,
+                node_cidr_mask: self.node_cidr_mask_size,
                 ..Default::default()
             },
             election: Some(ElectionTimings {
@@ -308,7 +344,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     config.max_pods = args.max_pods;
     config.cpu_millis = args.cpu;
     config.memory_bytes = args.memory;
-    config.listen = args.listen;
+    config.listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::new(args.node_ip, 0));
+    let listen_ip = config.listen.ip();
     config.instance_type = args.instance_type;
     config.node_port_address = match args.node_port_address.as_str() {
         "none" => None,
@@ -316,11 +355,21 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
             format!("--node-port-address {ip:?} is neither an IP address nor `none`")
         })?),
     };
+    config.node_ip = args.node_ip;
+    config.pod_cidr = args.pod_cidr;
+    config.ingress_http = args.ingress_http;
+    config.ingress_https = args.ingress_https;
+    config.mesh_listen = match args.mesh_listen.as_str() {
+        "none" => None,
+        addr => Some(addr.parse().with_context(|| {
+            format!("--mesh-listen {addr:?} is neither an ip:port address nor `none`")
+        })?),
+    };
     config.restart_backoff = Duration::from_millis(args.restart_backoff_ms.max(1));
     config.max_restart_backoff = (config.restart_backoff * 30).min(Duration::from_secs(300));
     let agent = Agent::start(config).await?;
     println!(
-        "skiff: node agent {} ready; logs on https://127.0.0.1:{}",
+        "skiff: node agent {} ready; logs on https://{listen_ip}:{}",
         agent.name(),
         agent.port()
     );
@@ -345,7 +394,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let client = skiff_control::client::from_kubeconfig(server.kubeconfig()).await?;
-        let config = args.control.config();
+        let mut config = args.control.config();
+        // This process holds the CA key: it signs CertificateSigningRequests.
+        config.controllers.signer = Some(std::sync::Arc::new(
+            skiff_control::controllers::csrsigning::Signer::load(&args.data_dir.join("pki"))
+                .context("loading the cluster CA to sign certificate requests")?,
+        ));
         Some(tokio::spawn(skiff_control::manager::run(
             client,
             config,

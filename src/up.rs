@@ -26,6 +26,7 @@ const DEMO: &str = include_str!("../examples/demo.yaml");
 const DEMO_IMAGES: &[(&str, &str)] = &[
     ("hello.wasm", "hello:v1"),
     ("echo.wasm", "echo:v1"),
+    ("fanout.wasm", "fanout:v1"),
     ("pi.wasm", "pi:v1"),
 ];
 
@@ -101,7 +102,19 @@ pub async fn up(
     let (stop_manager, manager_stopped) = tokio::sync::oneshot::channel::<()>();
     let manager = tokio::spawn(skiff_control::manager::run(
         client.clone(),
-        skiff_control::manager::ManagerConfig::default(),
+        skiff_control::manager::ManagerConfig {
+            controllers: skiff_control::controllers::Options {
+                // This process holds the CA key: it signs node certificates.
+                signer: Some(std::sync::Arc::new(
+                    skiff_control::controllers::csrsigning::Signer::load(
+                        &args.data_dir.join("pki"),
+                    )
+                    .context("loading the cluster CA to sign certificate requests")?,
+                )),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         async {
             let _ = manager_stopped.await;
         },
@@ -123,6 +136,11 @@ pub async fn up(
             AgentConfig::new(&url, &token, &name, args.data_dir.join("nodes").join(&name));
         config.ca_file = Some(args.data_dir.join("pki").join("ca.crt"));
         config.node_port_address = node_port_address(args.bind, i);
+        if let Some(ip) = config.node_port_address.filter(|ip| ip.is_loopback()) {
+            config.node_ip = ip;
+        }
+        config.mesh_listen = Some(std::net::SocketAddr::new(config.node_ip, 0));
+        config.listen = std::net::SocketAddr::new(config.node_ip, 0);
         config.local_pods = local_pods.clone();
         let agent_client = config.client().await?;
         let agent = Agent::start_with_runtime(config, agent_client, runtime.clone())

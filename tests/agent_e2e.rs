@@ -68,7 +68,19 @@ spec:
     assert_eq!(status["ready"], true);
     assert!(status["state"]["running"]["startedAt"].is_string());
     assert!(status["imageID"].as_str().unwrap().starts_with("sha256:"));
-    assert_eq!(pod["status"]["podIP"], "127.0.0.1");
+    // The pod's address is virtual, from the node's podCIDR; the host's is
+    // the node's.
+    let cidr = get_json(&server, &["node", "n1"]).unwrap()["spec"]["podCIDR"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pod_ip = pod["status"]["podIP"].as_str().unwrap();
+    assert!(
+        pod_ip.starts_with(cidr.strip_suffix("0/24").unwrap()) && pod_ip != "127.0.0.1",
+        "{pod_ip} in {cidr}"
+    );
+    assert_eq!(pod["status"]["podIPs"][0]["ip"], pod_ip);
+    assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
     let answer = eventually("hello answering on its hostPort", || http_get(port, "/"));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("Hello from hello!"), "{answer}");

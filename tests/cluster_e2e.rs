@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use support::{Agent, Server, apply, condition, eventually, get_json, http_get};
+use support::{Agent, Server, apply, condition, eventually, get_json, http_get_on};
 
 fn ok(server: &Server, args: &[&str]) -> String {
     server.ok(args)
@@ -262,29 +262,4 @@ spec:
         left.is_empty().then_some(()).ok_or(format!("{left:?}"))
     });
     drop(n1);
-}
-
-/// `GET path` on `host:port` (a loopback address).
-fn http_get_on(host: &str, port: u16, path: &str) -> Result<String, String> {
-    if host == "127.0.0.1" {
-        return http_get(port, path);
-    }
-    use std::io::{Read, Write};
-    let addr: std::net::IpAddr = host.parse().map_err(|e| format!("{e}"))?;
-    assert!(addr.is_loopback(), "tests dial loopback only");
-    let mut stream =
-        std::net::TcpStream::connect((addr, port)).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    Ok(response)
 }

@@ -1,6 +1,11 @@
 //! End-to-end: `skiff up --demo`, the one-command cluster, walked with the
 //! real kubectl and a plain HTTP client; killed with SIGKILL and started
 //! again on the same data directory; refused when started twice.
+//!
+//! The command is the README's (`scripts/up`): the test runs the `skiff`
+//! invocation that script ends with, read from the script itself, with the
+//! extra arguments the README shows (`--nodes 3 --data-dir DIR`), after
+//! the build steps `cargo test` has already done.
 
 mod support;
 
@@ -20,20 +25,12 @@ struct Up {
 
 impl Up {
     fn start(dir: &Path) -> Up {
-        let guests = Path::new(skiff_guests::HELLO).parent().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args([
-                "up",
-                "--api-port",
-                "0",
-                "--nodes",
-                "3",
-                "--demo",
-                "--data-dir",
-            ])
+            .args(script_arguments())
+            .args(["--api-port", "0", "--nodes", "3", "--data-dir"])
             .arg(dir)
-            .arg("--demo-dir")
-            .arg(guests)
+            .current_dir(root)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -61,6 +58,36 @@ impl Up {
         };
         Up { child, node_port }
     }
+}
+
+/// The arguments `scripts/up` runs `skiff` with (its last line,
+/// `exec target/debug/skiff ARGS "$@"`).
+fn script_arguments() -> Vec<String> {
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/up")).unwrap();
+    let exec = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("exec target/debug/skiff "))
+        .expect("scripts/up ends by running target/debug/skiff");
+    let args: Vec<String> = exec
+        .split_whitespace()
+        .filter(|a| *a != "\"$@\"")
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(args.first().map(String::as_str), Some("up"), "{exec}");
+    // The guests the script builds are where this test's build put them.
+    let guests = Path::new(skiff_guests::HELLO).parent().unwrap();
+    assert!(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            args.iter()
+                .skip_while(|a| *a != "--demo-dir")
+                .nth(1)
+                .unwrap()
+        ) == guests,
+        "scripts/up's --demo-dir is where the guests are built ({})",
+        guests.display()
+    );
+    args
 }
 
 impl Drop for Up {
@@ -205,6 +232,20 @@ fn skiff_up_demo_walkthrough_and_restart() {
         .unwrap_or_else(|| panic!("{said}"));
     let r = http_get(web_port, "/from-run").unwrap();
     assert!(r.contains("\"path\":\"/from-run\""), "{r}");
+    // And deleted: its pods go, its NodePort closes.
+    kubectl(
+        dir.path(),
+        &["delete", "deployment/web", "service/web", "--wait=true"],
+    )
+    .unwrap();
+    eventually("web's pods gone", || {
+        let pods = kubectl(dir.path(), &["get", "pods", "-l", "app=web", "-o", "name"])?;
+        pods.trim().is_empty().then_some(()).ok_or(pods)
+    });
+    eventually("web's NodePort closed", || match http_get(web_port, "/") {
+        Err(e) => Ok(e),
+        Ok(r) => Err(r),
+    });
 
     // A second `skiff up` on the same data directory refuses, clearly.
     let second = Command::new(env!("CARGO_BIN_EXE_skiff"))

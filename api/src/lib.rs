@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod cidr;
 pub mod invalid;
 pub mod patch;
 pub mod quantity;

@@ -173,7 +173,7 @@ pub static RESOURCES: &[ResourceType] = &[
         "node",
         &["no"],
         Cluster,
-        &["status"],
+        &["status", "proxy"],
         &[],
     ),
     rt(
@@ -247,6 +247,16 @@ pub static RESOURCES: &[ResourceType] = &[
         &["all"],
     ),
     rt(
+        "certificates.k8s.io",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        &["csr"],
+        Cluster,
+        &["status", "approval"],
+        &[],
+    ),
+    rt(
         "coordination.k8s.io",
         "Lease",
         "leases",
@@ -274,6 +284,16 @@ pub static RESOURCES: &[ResourceType] = &[
         &["ing"],
         Namespaced,
         &["status"],
+        &[],
+    ),
+    rt(
+        "networking.k8s.io",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        &["netpol"],
+        Namespaced,
+        &[],
         &[],
     ),
 ];

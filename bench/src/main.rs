@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 mod api;
+mod coldstart;
+mod density;
+mod pods;
+mod podstart;
 mod proc;
 mod report;
 mod scheduler;
@@ -43,13 +47,29 @@ enum Part {
     Serve,
     /// Scheduler throughput: the algorithm alone and through the API.
     Scheduler,
+    /// Pod start latency (create to Ready, create to first HTTP 200) on
+    /// `skiff up` with 1 and 3 nodes.
+    Podstart,
+    /// Idle pods one node holds and the agent's RSS per pod and per
+    /// distinct component.
+    Density,
+    /// First request after deploying a never-seen image, and after an
+    /// agent restart (compiled component on disk).
+    Coldstart,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let parts = if cli.parts.is_empty() {
-        vec![Part::Api, Part::Serve, Part::Scheduler]
+        vec![
+            Part::Api,
+            Part::Serve,
+            Part::Scheduler,
+            Part::Podstart,
+            Part::Density,
+            Part::Coldstart,
+        ]
     } else {
         cli.parts.clone()
     };
@@ -71,6 +91,11 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await??;
                 report.merge(r);
+            }
+            Part::Podstart => podstart::run(&cli.skiff, &cli.hello, cli.smoke, &mut report).await?,
+            Part::Density => density::run(&cli.skiff, &cli.hello, cli.smoke, &mut report).await?,
+            Part::Coldstart => {
+                coldstart::run(&cli.skiff, &cli.hello, cli.smoke, &mut report).await?;
             }
         }
     }

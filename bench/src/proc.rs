@@ -103,12 +103,15 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
     bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
 }
 
-/// A `skiff server` on a free loopback port over a fresh data directory.
+/// A `skiff server` (or a whole `skiff up` cluster) on a free loopback
+/// port over a fresh data directory.
 pub struct SkiffServer {
     /// The process.
     pub process: Process,
     /// Its data directory.
     pub dir: tempfile::TempDir,
+    /// The API server's URL (`https://127.0.0.1:PORT`).
+    pub url: String,
 }
 
 impl SkiffServer {
@@ -122,8 +125,90 @@ impl SkiffServer {
             .args(extra)
             .env("RUST_LOG", "error");
         let process = Process::spawn("skiff server", command)?;
-        process.wait_for_line("https://127.0.0.1:", Duration::from_secs(60))?;
-        Ok(SkiffServer { process, dir })
+        let line = process.wait_for_line("https://127.0.0.1:", Duration::from_secs(60))?;
+        Ok(SkiffServer {
+            url: api_url(&line)?,
+            process,
+            dir,
+        })
+    }
+
+    /// Starts `skiff up --nodes N` (control plane and N node agents in one
+    /// process, NodePorts of the first node on 127.0.0.1) and waits until
+    /// it reports the cluster ready.
+    pub fn up(skiff: &Path, nodes: u16) -> anyhow::Result<SkiffServer> {
+        let dir = tempfile::tempdir()?;
+        let mut command = Command::new(skiff);
+        command
+            .args(["up", "--api-port", "0", "--bind", "127.0.0.1", "--nodes"])
+            .arg(nodes.to_string())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_LOG", "error");
+        let process = Process::spawn("skiff up", command)?;
+        let line = process.wait_for_line("cluster ready", Duration::from_secs(120))?;
+        Ok(SkiffServer {
+            url: api_url(&line)?,
+            process,
+            dir,
+        })
+    }
+
+    /// Starts a `skiff agent` process for this server, named `name`, over
+    /// `data_dir` (kept by the caller, so a restarted agent finds its
+    /// images and compiled components), with NodePorts on 127.0.0.1.
+    pub fn agent(
+        &self,
+        skiff: &Path,
+        name: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Process> {
+        let mut command = Command::new(skiff);
+        command
+            .args(["agent", "--server", &self.url, "--name", name])
+            .arg("--token-file")
+            .arg(self.dir.path().join("node-token"))
+            .arg("--ca-file")
+            .arg(self.dir.path().join("pki").join("ca.crt"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--node-port-address",
+                "127.0.0.1",
+                "--mesh-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "error");
+        let process = Process::spawn("skiff agent", command)?;
+        process.wait_for_line("node agent", Duration::from_secs(60))?;
+        Ok(process)
+    }
+
+    /// Pushes the component `file` to the built-in registry as `image`
+    /// with `skiff push`.
+    pub fn push(&self, skiff: &Path, file: &Path, image: &str) -> anyhow::Result<()> {
+        let out = Command::new(skiff)
+            .arg("push")
+            .arg(file)
+            .arg(image)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .context("running skiff push")?;
+        if !out.status.success() {
+            bail!(
+                "skiff push {} {image} failed: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// The admin kubeconfig.
@@ -139,6 +224,16 @@ impl SkiffServer {
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         Ok(kube::Client::try_from(config)?)
     }
+}
+
+/// The `https://...` URL in a ready line, without trailing punctuation.
+fn api_url(line: &str) -> anyhow::Result<String> {
+    let start = line.find("https://").context("no URL in the ready line")?;
+    let url: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != ',')
+        .collect();
+    Ok(url)
 }
 
 /// `2 cores, 23.4 GiB` and the CPU model.

@@ -189,16 +189,15 @@ pub async fn end_to_end(skiff: &Path, smoke: bool, report: &mut Report) -> anyho
     Ok(())
 }
 
-/// Runs `make(i)` for `0..count` with `concurrency` in flight.
+/// Runs `make(i)` for `0..count` with `concurrency` in flight; fails
+/// with the first error.
 async fn create_all<F, Fut>(count: usize, concurrency: usize, make: F) -> anyhow::Result<()>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(0..count)
-        .map(make)
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    results.into_iter().collect()
+    match crate::pods::run_all(count, concurrency, make).await {
+        (_, Some(err)) => Err(err),
+        (_, None) => Ok(()),
+    }
 }

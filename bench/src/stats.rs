@@ -40,9 +40,29 @@ pub fn fmt(d: Duration) -> String {
     }
 }
 
+/// Least-squares slope of `y` over `x` (0 with fewer than two distinct x).
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx == 0.0 { 0.0 } else { sxy / sxx }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn least_squares_slope() {
+        assert_eq!(slope(&[(0.0, 1.0), (2.0, 5.0), (4.0, 9.0)]), 2.0);
+        assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
+        assert_eq!(slope(&[(1.0, 1.0), (1.0, 3.0)]), 0.0);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -71,6 +71,13 @@ const CONTROLLERS: &[(&str, Start)] = &[
     ("node-ipam-controller", |c| {
         Box::pin(controllers::nodeipam::run(c))
     }),
+    // Idle unless the options carry the CA signer.
+    ("csrsigning-controller", |c| {
+        Box::pin(controllers::csrsigning::run(c))
+    }),
+    ("service-lb-controller", |c| {
+        Box::pin(controllers::servicelb::run(c))
+    }),
 ];
 
 /// Runs the scheduler and the controllers (each while it leads) until

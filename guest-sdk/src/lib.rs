@@ -51,6 +51,7 @@ mod body;
 pub mod config;
 mod fetch;
 mod fields;
+mod query;
 mod response;
 mod serve;
 
@@ -58,6 +59,7 @@ mod serve;
 pub use http;
 
 pub use fetch::{FetchError, fetch, get};
+pub use query::{percent_decode, query_param};
 pub use response::IntoResponse;
 
 /// An incoming request as a handler sees it: the body has been read fully.

@@ -58,6 +58,10 @@ impl Cluster {
         config.restart_backoff = Duration::from_millis(200);
         config.max_restart_backoff = Duration::from_secs(2);
         config.volume_refresh = Duration::from_millis(500);
+        // No controllers run here: the node's pod addresses come from its
+        // own range, and there is no mesh (one node).
+        config.pod_cidr = Some("10.244.7.0/24".to_owned());
+        config.mesh_listen = None;
         config
     }
 

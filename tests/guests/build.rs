@@ -15,6 +15,7 @@ use std::process::Command;
 const PACKAGES: &[&str] = &[
     "hello",
     "echo",
+    "fanout",
     "pi",
     "skiff-test-programs",
     "skiff-test-http",
@@ -25,6 +26,7 @@ const PACKAGES: &[&str] = &[
 const ARTIFACTS: &[(&str, &str)] = &[
     ("HELLO", "hello.wasm"),
     ("ECHO", "echo.wasm"),
+    ("FANOUT", "fanout.wasm"),
     ("PI", "pi.wasm"),
     ("MISBEHAVE", "misbehave.wasm"),
     ("HTTP_TEST", "skiff_test_http.wasm"),
@@ -40,6 +42,8 @@ const WATCHED: &[&str] = &[
     "examples/hello/src",
     "examples/echo/Cargo.toml",
     "examples/echo/src",
+    "examples/fanout/Cargo.toml",
+    "examples/fanout/src",
     "examples/pi/Cargo.toml",
     "examples/pi/src",
     "tests/programs/Cargo.toml",

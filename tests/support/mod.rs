@@ -240,6 +240,11 @@ impl Agent {
             } else {
                 &["--node-port-address", "127.0.0.1"][..]
             })
+            .args(if extra.contains(&"--mesh-listen") {
+                &[][..]
+            } else {
+                &["--mesh-listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .args(["--restart-backoff-ms", "200"])
             .arg("--server")
@@ -349,14 +354,31 @@ pub fn free_port() -> u16 {
 
 /// `GET path` on 127.0.0.1:port; the whole response as text.
 pub fn http_get(port: u16, path: &str) -> Result<String, String> {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    http_get_on("127.0.0.1", port, path)
+}
+
+/// `GET path` on `host:port` (a loopback address: tests dial nothing
+/// else); the whole response as text.
+pub fn http_get_on(host: &str, port: u16, path: &str) -> Result<String, String> {
+    http_get_as(host, port, "pod", path)
+}
+
+/// `GET path` on `host:port` (loopback) with `Host: virtual_host`.
+pub fn http_get_as(
+    host: &str,
+    port: u16,
+    virtual_host: &str,
+    path: &str,
+) -> Result<String, String> {
+    let addr: std::net::IpAddr = host.parse().map_err(|e| format!("{host}: {e}"))?;
+    assert!(addr.is_loopback(), "tests dial loopback only, not {addr}");
+    let mut stream = TcpStream::connect((addr, port)).map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| e.to_string())?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {virtual_host}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut response = String::new();

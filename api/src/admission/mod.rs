@@ -15,6 +15,7 @@
 //! server's job, not this module's.
 
 mod cron;
+mod csr;
 mod defaults;
 mod names;
 mod pod;
@@ -26,6 +27,8 @@ mod tests;
 mod validate;
 
 use serde_json::Value;
+
+pub use csr::parse_request;
 
 use crate::{Cause, Invalid, ResourceType};
 

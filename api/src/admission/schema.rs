@@ -35,8 +35,12 @@ pub fn round_trip(kind: &str, v: &Value) -> Option<Result<Value, String>> {
         "Job" => through::<batch::Job>(v),
         "CronJob" => through::<batch::CronJob>(v),
         "Lease" => through::<coordination::Lease>(v),
+        "CertificateSigningRequest" => {
+            through::<crate::k8s_openapi::api::certificates::v1::CertificateSigningRequest>(v)
+        }
         "EndpointSlice" => through::<discovery::EndpointSlice>(v),
         "Ingress" => through::<networking::Ingress>(v),
+        "NetworkPolicy" => through::<networking::NetworkPolicy>(v),
         _ => return None,
     })
 }

@@ -69,6 +69,17 @@ fn merge(target: &mut Value, patch: Value) {
     }
 }
 
+/// A PEM certificate request as `spec.request` carries it (base64).
+fn csr_request() -> Value {
+    let mut params = rcgen::CertificateParams::new(vec!["node-1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "system:node:node-1");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    serde_json::to_value(crate::k8s_openapi::ByteString(pem.into_bytes())).unwrap()
+}
+
 /// A valid object of every kind, as a user would write it.
 fn valid(kind: &str) -> Value {
     let template = json!({"metadata": {"labels": {"app": "x"}}, "spec": pod_spec()});
@@ -115,6 +126,18 @@ fn valid(kind: &str) -> Value {
         "Ingress" => (
             "networking.k8s.io/v1",
             json!({"spec": {"rules": [{"host": "example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+        ),
+        "NetworkPolicy" => (
+            "networking.k8s.io/v1",
+            json!({"spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": {}}, {"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 80, "protocol": "TCP"}]}]}}),
+        ),
+        "CertificateSigningRequest" => (
+            "certificates.k8s.io/v1",
+            json!({"spec": {
+                "request": csr_request(),
+                "signerName": "skiff.dev/node-mesh",
+                "usages": ["digital signature", "client auth"],
+            }}),
         ),
         other => panic!("no sample for {other}"),
     };
@@ -714,6 +737,16 @@ fn validation_rules() {
             "Ingress",
             json!({"spec": {"rules": null}}),
             &[("spec", INVALID)],
+        ),
+        (
+            "network policy fields",
+            "NetworkPolicy",
+            json!({"spec": {"policyTypes": ["Sideways"], "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0"}}], "ports": [{"protocol": "ICMP"}]}]}}),
+            &[
+                ("spec.policyTypes[0]", UNSUPPORTED),
+                ("spec.ingress[0].ports[0].protocol", UNSUPPORTED),
+                ("spec.ingress[0].from[0].ipBlock.cidr", INVALID),
+            ],
         ),
     ];
     for (what, kind, change, want) in cases {

@@ -64,8 +64,13 @@ pub fn object(
         "Job" => typed!(batch::Job, job),
         "CronJob" => typed!(batch::CronJob, cron_job),
         "Lease" => typed!(coordination::Lease, lease),
+        "CertificateSigningRequest" => typed!(
+            crate::k8s_openapi::api::certificates::v1::CertificateSigningRequest,
+            super::csr::certificate_signing_request
+        ),
         "EndpointSlice" => typed!(discovery::EndpointSlice, endpoint_slice),
         "Ingress" => typed!(networking::Ingress, ingress),
+        "NetworkPolicy" => typed!(networking::NetworkPolicy, network_policy),
         // Namespace and ServiceAccount: metadata only.
         _ => {}
     }
@@ -1123,6 +1128,93 @@ fn ingress_backend(b: &networking::IngressBackend, path: &str, out: &mut Vec<Cau
                 (None, Some(n)) => port_num(&format!("{ppath}.number"), n, out),
             }
         }
+    }
+}
+
+fn network_policy(
+    new: &networking::NetworkPolicy,
+    _: Option<&networking::NetworkPolicy>,
+    _: &Value,
+    out: &mut Vec<Cause>,
+) {
+    let spec = new.spec.clone().unwrap_or_default();
+    for (i, kind) in spec.policy_types.iter().flatten().enumerate() {
+        super::rules::supported(
+            &format!("spec.policyTypes[{i}]"),
+            kind,
+            &["Ingress", "Egress"],
+            out,
+        );
+    }
+    let ports = |path: &str, ports: &[networking::NetworkPolicyPort], out: &mut Vec<Cause>| {
+        for (i, p) in ports.iter().enumerate() {
+            if let Some(protocol) = &p.protocol {
+                super::rules::supported(
+                    &format!("{path}[{i}].protocol"),
+                    protocol,
+                    &["TCP", "UDP", "SCTP"],
+                    out,
+                );
+            }
+        }
+    };
+    let peers = |path: &str, peers: &[networking::NetworkPolicyPeer], out: &mut Vec<Cause>| {
+        for (i, peer) in peers.iter().enumerate() {
+            let Some(block) = &peer.ip_block else {
+                continue;
+            };
+            let field = format!("{path}[{i}].ipBlock");
+            let valid = |c: &str| {
+                c.parse::<crate::cidr::Cidr>().is_ok() || (c.contains(':') && c.contains('/'))
+            };
+            if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+                out.push(Cause::invalid(
+                    &field,
+                    &json!(block),
+                    "may not be specified with podSelector or namespaceSelector",
+                ));
+            }
+            if !valid(&block.cidr) {
+                out.push(Cause::invalid(
+                    format!("{field}.cidr"),
+                    &json!(block.cidr),
+                    "must be a valid CIDR",
+                ));
+            }
+            for (j, except) in block.except.iter().flatten().enumerate() {
+                if !valid(except) {
+                    out.push(Cause::invalid(
+                        format!("{field}.except[{j}]"),
+                        &json!(except),
+                        "must be a valid CIDR",
+                    ));
+                }
+            }
+        }
+    };
+    for (i, rule) in spec.ingress.iter().flatten().enumerate() {
+        ports(
+            &format!("spec.ingress[{i}].ports"),
+            rule.ports.as_deref().unwrap_or_default(),
+            out,
+        );
+        peers(
+            &format!("spec.ingress[{i}].from"),
+            rule.from.as_deref().unwrap_or_default(),
+            out,
+        );
+    }
+    for (i, rule) in spec.egress.iter().flatten().enumerate() {
+        ports(
+            &format!("spec.egress[{i}].ports"),
+            rule.ports.as_deref().unwrap_or_default(),
+            out,
+        );
+        peers(
+            &format!("spec.egress[{i}].to"),
+            rule.to.as_deref().unwrap_or_default(),
+            out,
+        );
     }
 }
 

@@ -334,9 +334,14 @@ pub(crate) fn of_kind(kind: &str) -> Option<&'static Ty> {
         "Namespace" => &NAMESPACE,
         "ServiceAccount" => &SERVICE_ACCOUNT,
         "Event" => &EVENT,
-        "Endpoints" | "ConfigMap" | "Secret" | "Lease" | "EndpointSlice" | "Ingress" => {
-            &METADATA_ONLY
-        }
+        "Endpoints"
+        | "ConfigMap"
+        | "Secret"
+        | "Lease"
+        | "EndpointSlice"
+        | "Ingress"
+        | "NetworkPolicy"
+        | "CertificateSigningRequest" => &METADATA_ONLY,
         _ => return None,
     })
 }

@@ -83,6 +83,7 @@ fn subresource(
         ),
         "binding" => (name, "Binding", "", "v1", &["create"]),
         "log" => (name, "Pod", "", "v1", &["get"]),
+        "proxy" => (name, "NodeProxyOptions", "", "v1", &["get"]),
         "token" => (
             name,
             "TokenRequest",

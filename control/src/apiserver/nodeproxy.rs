@@ -93,6 +93,33 @@ pub(super) async fn pod_log(state: &Arc<State>, req: &Req, t: &Target) -> ApiRes
         .map_err(|e| ApiError::unavailable(format!("node {node_name:?}: {e}")))
 }
 
+/// `GET nodes/NAME/proxy/PATH`: the node agent's own endpoints
+/// (`/metrics`, `/healthz`, `/containerLogs/...`), as a kubelet's are
+/// reached through the API server. Other methods are not proxied.
+pub(super) async fn node_proxy(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult<Response> {
+    let node_name = t.name.as_deref().unwrap_or_default();
+    let (node, _) = get_object(state, t.rt, None, node_name).await?;
+    let endpoint = agent_endpoint(&node).ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "node {node_name:?} does not publish an endpoint (InternalIP, kubelet port and serving certificate)"
+        ))
+    })?;
+    let mut path = format!("/{}", t.proxy_path.as_deref().unwrap_or_default());
+    if !req.query.is_empty() {
+        let mut pairs: Vec<(&String, &String)> = req.query.iter().collect();
+        pairs.sort();
+        path.push('?');
+        path.push_str(
+            &form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs)
+                .finish(),
+        );
+    }
+    fetch(&endpoint, &path, state.tokens.node())
+        .await
+        .map_err(|e| ApiError::unavailable(format!("node {node_name:?}: {e}")))
+}
+
 /// The container to read: the one named, else the pod's only container.
 fn container_name(pod: &Value, pod_name: &str, asked: Option<&str>) -> ApiResult<String> {
     let names = |path: &str| -> Vec<String> {

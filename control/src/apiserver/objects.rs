@@ -800,7 +800,8 @@ async fn write_update(
 ) -> ApiResult<(Value, Vec<String>)> {
     let rt = t.rt;
     let name = name_of(old).to_string();
-    let status_only = t.subresource.as_deref() == Some("status");
+    let approval = t.subresource.as_deref() == Some("approval");
+    let status_only = approval || t.subresource.as_deref() == Some("status");
     if t.subresource.as_deref() == Some("finalize") {
         // namespaces/NAME/finalize changes spec.finalizers and nothing else.
         let finalizers = new.pointer("/spec/finalizers").cloned();
@@ -810,7 +811,22 @@ async fn write_update(
         // Only the finalize subresource may change a namespace's finalizers.
         set_spec_finalizers(&mut new, old.pointer("/spec/finalizers").cloned());
     }
-    if status_only {
+    if approval {
+        // A CertificateSigningRequest's approval subresource changes
+        // status.conditions (Approved, Denied) and nothing else.
+        let conditions = new.pointer("/status/conditions").cloned();
+        new = old.clone();
+        if !new.get("status").is_some_and(Value::is_object) {
+            new["status"] = json!({});
+        }
+        match (conditions, new["status"].as_object_mut()) {
+            (Some(c), _) => new["status"]["conditions"] = c,
+            (None, Some(status)) => {
+                status.remove("conditions");
+            }
+            (None, None) => {}
+        }
+    } else if status_only {
         // The status subresource changes status and nothing else.
         let status = new.get("status").cloned();
         new = old.clone();
@@ -1318,6 +1334,7 @@ pub(super) async fn scale(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
             namespace: t.namespace.clone(),
             name: t.name.clone(),
             subresource: None,
+            proxy_path: None,
         };
         match write_update(state, req, &main, &old, new, current).await {
             Ok((obj, _)) => return Ok(json_response(StatusCode::OK, &scale_of(&obj))),

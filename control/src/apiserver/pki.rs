@@ -136,6 +136,13 @@ impl Pki {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// The CertificateSigningRequest signer issuing from this CA (see
+    /// [`crate::controllers::csrsigning`]).
+    pub fn signer(&self) -> Result<crate::controllers::csrsigning::Signer, ServerError> {
+        crate::controllers::csrsigning::Signer::new(&self.ca_pem, &self.ca_key.serialize_pem())
+            .map_err(|e| tls_error("the CSR signer", e))
+    }
+
     /// The rustls configuration serving the API server's certificate.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, ServerError> {
         use rustls::pki_types::pem::PemObject;

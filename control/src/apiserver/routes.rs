@@ -74,6 +74,8 @@ pub(crate) struct Target {
     pub(crate) namespace: Option<String>,
     pub(crate) name: Option<String>,
     pub(crate) subresource: Option<String>,
+    /// The path after `nodes/NAME/proxy/`.
+    pub(crate) proxy_path: Option<String>,
 }
 
 pub(super) fn router(state: Arc<State>) -> axum::Router {
@@ -220,29 +222,37 @@ fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
                 namespace: Some(ns.to_string()),
                 name: None,
                 subresource: None,
+                proxy_path: None,
             }),
             [name] => Ok(Target {
                 rt,
                 namespace: Some(ns.to_string()),
                 name: Some(name.to_string()),
                 subresource: None,
+                proxy_path: None,
             }),
             [name, sub] if rt.subresources.contains(sub) => Ok(Target {
                 rt,
                 namespace: Some(ns.to_string()),
                 name: Some(name.to_string()),
                 subresource: Some(sub.to_string()),
+                proxy_path: None,
             }),
             _ => Err(not_found()),
         };
     }
     let (plural, tail) = rest.split_first().ok_or_else(not_found)?;
     let rt = by_plural(group, version, plural).ok_or_else(not_found)?;
-    let (name, subresource) = match tail {
-        [] => (None, None),
-        [name] => (Some(name.to_string()), None),
+    let (name, subresource, proxy_path) = match tail {
+        [] => (None, None, None),
+        [name] => (Some(name.to_string()), None, None),
+        [name, "proxy", path @ ..] if rt.subresources.contains(&"proxy") => (
+            Some(name.to_string()),
+            Some("proxy".to_owned()),
+            Some(path.join("/")),
+        ),
         [name, sub] if rt.subresources.contains(sub) => {
-            (Some(name.to_string()), Some(sub.to_string()))
+            (Some(name.to_string()), Some(sub.to_string()), None)
         }
         _ => return Err(not_found()),
     };
@@ -252,6 +262,7 @@ fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
         namespace: None,
         name,
         subresource,
+        proxy_path,
     })
 }
 
@@ -275,9 +286,15 @@ async fn resource(
         (&Method::GET, false, None) => objects::list(state, req, &t).await,
         (&Method::POST, false, None) => objects::create(state, req, &t).await,
         (&Method::DELETE, false, None) => objects::delete_collection(state, req, &t).await,
-        (&Method::GET, true, None | Some("status")) => objects::get(state, req, &t).await,
-        (&Method::PUT, true, None | Some("status")) => objects::update(state, req, &t).await,
-        (&Method::PATCH, true, None | Some("status")) => objects::patch(state, req, &t).await,
+        (&Method::GET, true, None | Some("status" | "approval")) => {
+            objects::get(state, req, &t).await
+        }
+        (&Method::PUT, true, None | Some("status" | "approval")) => {
+            objects::update(state, req, &t).await
+        }
+        (&Method::PATCH, true, None | Some("status" | "approval")) => {
+            objects::patch(state, req, &t).await
+        }
         (&Method::DELETE, true, None) => objects::delete(state, req, &t).await,
         (&Method::GET | &Method::PUT | &Method::PATCH, true, Some("scale")) => {
             objects::scale(state, req, &t).await
@@ -288,6 +305,7 @@ async fn resource(
         (&Method::POST, true, Some("binding")) => objects::bind(state, req, &t).await,
         (&Method::POST, true, Some("token")) => objects::token_request(state, req, &t).await,
         (&Method::GET, true, Some("log")) => nodeproxy::pod_log(state, req, &t).await,
+        (&Method::GET, true, Some("proxy")) => nodeproxy::node_proxy(state, req, &t).await,
         (method, _, _) => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method ({method}) on the requested resource"
         ))),

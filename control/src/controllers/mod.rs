@@ -14,6 +14,7 @@ use std::time::Duration;
 pub mod events;
 
 pub mod cronjob;
+pub mod csrsigning;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -22,6 +23,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod servicelb;
 pub mod statefulset;
 
 /// Settings shared by the controllers.
@@ -38,6 +40,14 @@ pub struct Options {
     /// How often every controller re-examines all its objects even without
     /// a change (the resync period).
     pub resync: Duration,
+    /// The cluster CA, for the CertificateSigningRequest signer; `None`
+    /// (no CA key in this process) turns CSR approval and signing off.
+    pub signer: Option<Arc<csrsigning::Signer>>,
+    /// The range pod addresses come from (`--cluster-cidr`).
+    pub cluster_cidr: skiff_api::cidr::Cidr,
+    /// The prefix length of each node's slice of it
+    /// (`--node-cidr-mask-size`): a /24 holds 253 pods.
+    pub node_cidr_mask: u8,
 }
 
 impl Default for Options {
@@ -46,6 +56,11 @@ impl Default for Options {
             node_monitor_grace: Duration::from_secs(40),
             pod_eviction_timeout: Duration::from_secs(30),
             resync: Duration::from_secs(300),
+            signer: None,
+            cluster_cidr: nodeipam::CLUSTER_CIDR
+                .parse()
+                .expect("the default cluster CIDR is valid"),
+            node_cidr_mask: nodeipam::NODE_MASK,
         }
     }
 }

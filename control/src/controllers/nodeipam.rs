@@ -7,7 +7,6 @@
 //! state): a range is in use exactly when some Node carries it.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
@@ -15,75 +14,15 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 
+pub use skiff_api::cidr::Cidr;
+
 use super::Context;
 
 /// Skiff's default cluster (pod) CIDR, k3s' too.
 pub const CLUSTER_CIDR: &str = "10.42.0.0/16";
 
-/// The size of each node's range.
+/// The default size of each node's range.
 pub const NODE_MASK: u8 = 24;
-
-/// A parsed IPv4 CIDR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// The network address.
-    pub base: Ipv4Addr,
-    /// The prefix length.
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (ip, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        let prefix: u8 = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        if prefix > 32 {
-            return Err(format!("{s:?}: prefix longer than 32"));
-        }
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        Ok(Cidr {
-            base: Ipv4Addr::from(u32::from(ip) & mask),
-            prefix,
-        })
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix)
-    }
-}
-
-impl Cidr {
-    /// The `index`-th subnet of length `prefix` inside this one.
-    pub fn subnet(&self, prefix: u8, index: u32) -> Option<Cidr> {
-        if prefix < self.prefix || prefix > 32 {
-            return None;
-        }
-        let count = 1u64 << (prefix - self.prefix);
-        if u64::from(index) >= count {
-            return None;
-        }
-        let step = 1u64 << (32 - prefix);
-        let base = u64::from(u32::from(self.base)) + u64::from(index) * step;
-        Some(Cidr {
-            base: Ipv4Addr::from(u32::try_from(base).ok()?),
-            prefix,
-        })
-    }
-
-    /// Whether `ip` is inside.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.base)
-    }
-}
 
 /// The first `/mask` range of `cluster` that no entry of `used` names.
 pub fn next_free(cluster: Cidr, mask: u8, used: &BTreeSet<String>) -> Option<Cidr> {
@@ -94,7 +33,13 @@ pub fn next_free(cluster: Cidr, mask: u8, used: &BTreeSet<String>) -> Option<Cid
 
 /// Watches Nodes and gives each one without a pod CIDR the next free range.
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
-    let cluster: Cidr = CLUSTER_CIDR.parse().map_err(anyhow::Error::msg)?;
+    let cluster = ctx.options.cluster_cidr;
+    let mask = ctx.options.node_cidr_mask;
+    anyhow::ensure!(
+        mask >= cluster.prefix && mask <= 29,
+        "the node CIDR mask /{mask} must lie between the cluster CIDR's /{} and /29",
+        cluster.prefix
+    );
     let api: Api<Node> = Api::all(ctx.client.clone());
     let recorder = ctx.recorder("node-ipam-controller");
     let mut nodes: std::collections::HashMap<String, Option<String>> = Default::default();
@@ -132,7 +77,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             .collect();
         waiting.sort();
         for name in waiting {
-            let Some(cidr) = next_free(cluster, NODE_MASK, &used) else {
+            let Some(cidr) = next_free(cluster, mask, &used) else {
                 let node = api.get(&name).await?;
                 recorder
                     .warning(

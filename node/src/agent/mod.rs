@@ -21,6 +21,7 @@
 
 mod config;
 mod logs;
+mod network;
 mod node;
 mod pod;
 mod probe;
@@ -45,7 +46,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::images::{ImageConfig, Images};
+use crate::overlay::policy::PolicyTable;
 use crate::overlay::proxy::{Deliver, ProxyConfig, ServiceProxy};
+use crate::overlay::router::Router;
+use crate::overlay::services::ServiceTable;
 use logs::LogStore;
 
 /// The kubelet version this agent reports.
@@ -99,6 +103,21 @@ pub struct AgentConfig {
     /// The agents of this process whose pods a NodePort here may reach
     /// in-process (`skiff up` shares one list between its nodes).
     pub local_pods: crate::overlay::proxy::LocalPods,
+    /// The node's address (its `InternalIP`, pods' `hostIP`, and where
+    /// the mesh endpoint is advertised when it listens on all addresses).
+    pub node_ip: std::net::IpAddr,
+    /// Pod addresses to use until the control plane assigns the node a
+    /// `spec.podCIDR` (a kubelet's `--pod-cidr`); the Node's own wins.
+    pub pod_cidr: Option<String>,
+    /// The UDP address of the QUIC mesh endpoint other nodes reach this
+    /// node's pods through; `None` runs no mesh (pods on other nodes are
+    /// then unreachable from here). Port 0 picks a free port.
+    pub mesh_listen: Option<SocketAddr>,
+    /// Where this node serves Ingresses over plain HTTP (`None`: not).
+    pub ingress_http: Option<SocketAddr>,
+    /// Where this node serves Ingresses over TLS, with certificates from
+    /// the Ingresses' Secrets chosen by SNI (`None`: not).
+    pub ingress_https: Option<SocketAddr>,
 }
 
 impl AgentConfig {
@@ -126,6 +145,11 @@ impl AgentConfig {
             runtime: RuntimeConfig::default(),
             node_port_address: Some(std::net::IpAddr::from([0, 0, 0, 0])),
             local_pods: crate::overlay::proxy::LocalPods::default(),
+            node_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            pod_cidr: None,
+            mesh_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ingress_http: None,
+            ingress_https: None,
         }
     }
 
@@ -190,6 +214,8 @@ pub(crate) struct Shared {
     pub(crate) loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The HTTPS log endpoint's port.
     pub(crate) port: u16,
+    /// Pod addresses, routes and peers.
+    pub(crate) network: network::Network,
     pods: Mutex<HashMap<String, PodEntry>>,
     retiring: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
@@ -335,6 +361,16 @@ impl Agent {
             .with_context(|| format!("cannot listen on {} for logs", config.listen))?;
         let port = listener.local_addr()?.port();
         let (stop, _) = watch::channel(false);
+        let router = Arc::new(Router::new(
+            &config.name,
+            Arc::new(Mutex::new(ServiceTable::new())),
+            Arc::new(config.local_pods.clone()),
+            Arc::new(Mutex::new(PolicyTable::new())),
+        ));
+        let network = network::Network::new(router);
+        if let Some(cidr) = &config.pod_cidr {
+            network.set_cidr(&config.name, cidr);
+        }
         let shared = Arc::new(Shared {
             config,
             client,
@@ -344,15 +380,17 @@ impl Agent {
             handles: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             port,
+            network,
             pods: Mutex::new(HashMap::new()),
             retiring: Mutex::new(Vec::new()),
             stop,
         });
+        let ingress = network::start_ingress(&shared).await?;
         let registration = node::Registration::new(shared.clone(), identity.cert_sha256());
         registration
             .register_until_ok(shared.stop.subscribe())
             .await;
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(server::serve(
                 listener,
                 identity,
@@ -360,20 +398,24 @@ impl Agent {
                 shared.stop.subscribe(),
             )),
             tokio::spawn(registration.heartbeat(shared.stop.subscribe())),
+            tokio::spawn(network::watch_nodes(shared.clone())),
+            tokio::spawn(network::run_mesh_if_configured(shared.clone())),
             tokio::spawn(watch_pods(shared.clone())),
         ];
+        tasks.extend(ingress);
+        tasks.extend(crate::overlay::policy::spawn_feed(
+            shared.client.clone(),
+            shared.network.router.policy().clone(),
+        ));
         let deliver: Arc<dyn Deliver> = Arc::new(PodsHere(shared.clone()));
         shared.config.local_pods.register(&deliver);
-        let proxy = shared.config.node_port_address.map(|bind| {
-            ServiceProxy::start(
-                shared.client.clone(),
-                ProxyConfig {
-                    node: shared.config.name.clone(),
-                    bind,
-                    deliver: Arc::new(shared.config.local_pods.clone()),
-                },
-            )
-        });
+        let proxy = Some(ServiceProxy::start(
+            shared.client.clone(),
+            ProxyConfig {
+                bind: shared.config.node_port_address,
+                router: shared.network.router.clone(),
+            },
+        ));
         tracing::info!(node = %shared.config.name, port, "node agent started");
         Ok(Agent {
             shared,

@@ -115,10 +115,12 @@ impl Registration {
         if let Some(kind) = &config.instance_type {
             labels["node.kubernetes.io/instance-type"] = json!(kind);
         }
-        json!({
-            "labels": labels,
-            "annotations": { SERVING_CERT_ANNOTATION: format!("sha256:{}", self.cert_sha256) },
-        })
+        let mut annotations =
+            json!({ SERVING_CERT_ANNOTATION: format!("sha256:{}", self.cert_sha256) });
+        if let Some(endpoint) = self.shared.network.mesh_endpoint.get() {
+            annotations[super::network::MESH_ANNOTATION] = json!(endpoint.to_string());
+        }
+        json!({ "labels": labels, "annotations": annotations })
     }
 
     fn status(&self) -> Value {
@@ -154,7 +156,7 @@ impl Registration {
                 condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ],
             "addresses": [
-                { "type": "InternalIP", "address": "127.0.0.1" },
+                { "type": "InternalIP", "address": config.node_ip.to_string() },
                 { "type": "Hostname", "address": config.name },
             ],
             "daemonEndpoints": { "kubeletEndpoint": { "Port": self.shared.port } },

@@ -17,6 +17,8 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use parking_lot::Mutex;
 use skiff_runtime::{Component, ComponentKind, ExitStatus, GuestError, Limits, Sandbox};
+
+use crate::overlay::router::PodOutbound;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
@@ -24,9 +26,6 @@ use super::config::{self, Downward, Sources, VolumeDir, VolumeRoots};
 use super::probe::{self, Update};
 use super::{HttpHandle, Shared, quantity};
 use crate::images::PullPolicy;
-
-/// The node's (and, until the overlay assigns virtual IPs, every pod's) IP.
-const NODE_IP: &str = "127.0.0.1";
 
 /// Status changes within this window are written together: a pod whose
 /// containers all start at once costs one write, not one per container.
@@ -141,6 +140,10 @@ struct PodCtx {
     changed: Notify,
     stop: watch::Sender<Stop>,
     volumes: Mutex<HashMap<String, VolumeDir>>,
+    /// The pod's address in the overlay, once assigned.
+    ip: Mutex<Option<std::net::Ipv4Addr>>,
+    /// The address the pod had before this worker (an agent restart).
+    previous_ip: Option<String>,
 }
 
 fn now() -> Time {
@@ -214,6 +217,8 @@ impl PodCtx {
             changed: Notify::new(),
             stop: watch::channel(Stop::Run).0,
             volumes: Mutex::new(HashMap::new()),
+            ip: Mutex::new(None),
+            previous_ip: previous.pod_ip.clone(),
             shared,
         }
     }
@@ -319,10 +324,12 @@ impl PodCtx {
     async fn sandbox(&self, container: &Container) -> Result<Sandbox, String> {
         let pod = self.pod.borrow().clone();
         let mut sources = Sources::new(self.shared.client.clone(), &self.namespace);
+        let ip = (*self.ip.lock()).ok_or("the pod has no address yet")?;
+        let (pod_ip, host_ip) = (ip.to_string(), self.shared.config.node_ip.to_string());
         let downward = Downward {
             pod: &pod,
-            pod_ip: NODE_IP,
-            host_ip: NODE_IP,
+            pod_ip: &pod_ip,
+            host_ip: &host_ip,
             node_cpu_millis: self.shared.config.cpu_millis,
             node_memory: self.shared.config.memory_bytes,
         };
@@ -347,6 +354,13 @@ impl PodCtx {
         });
         sandbox.env = env;
         sandbox.dirs = dirs;
+        sandbox.outbound = Arc::new(PodOutbound::new(
+            self.shared.network.router.clone(),
+            &self.namespace,
+            &self.name,
+            ip.into(),
+            pod.metadata.annotations.as_ref(),
+        ));
         Ok(sandbox)
     }
 
@@ -438,6 +452,12 @@ impl PodCtx {
                 conditions.push(other.clone());
             }
         }
+        let host_ip = self.shared.config.node_ip.to_string();
+        let pod_ip = self
+            .ip
+            .lock()
+            .map(|ip| ip.to_string())
+            .or_else(|| current.pod_ip.clone());
         let (reason, message) = match &state.failed {
             Some((reason, message)) => (Some(reason.clone()), Some(message.clone())),
             None => (None, None),
@@ -445,14 +465,10 @@ impl PodCtx {
         PodStatus {
             phase: Some(phase.to_owned()),
             conditions: Some(conditions),
-            host_ip: Some(NODE_IP.to_owned()),
-            host_ips: Some(vec![HostIP {
-                ip: NODE_IP.to_owned(),
-            }]),
-            pod_ip: Some(NODE_IP.to_owned()),
-            pod_ips: Some(vec![PodIP {
-                ip: NODE_IP.to_owned(),
-            }]),
+            host_ip: Some(host_ip.clone()),
+            host_ips: Some(vec![HostIP { ip: host_ip }]),
+            pod_ip: pod_ip.clone(),
+            pod_ips: pod_ip.map(|ip| vec![PodIP { ip }]),
             start_time: state.start_time.clone(),
             container_statuses: Some(state.app.iter().map(|s| s.status.clone()).collect()),
             init_container_statuses: (!state.init.is_empty())
@@ -683,6 +699,7 @@ async fn delete_for_good(ctx: &PodCtx, agent_stop: &mut watch::Receiver<bool>) {
 /// Forgets the pod: handles, logs, its directory (emptyDirs, ConfigMap and
 /// Secret files).
 async fn cleanup(ctx: &PodCtx) {
+    ctx.shared.network.release(&ctx.uid);
     ctx.shared
         .handles
         .lock()
@@ -730,6 +747,9 @@ async fn run_containers(ctx: Arc<PodCtx>) {
         data_dir: &ctx.shared.config.data_dir,
         allow_host_path: ctx.shared.config.allow_host_path,
     };
+    if !assign_address(&ctx).await {
+        return;
+    }
     loop {
         let mut sources = Sources::new(ctx.shared.client.clone(), &ctx.namespace);
         let volumes = ctx.spec.volumes.clone().unwrap_or_default();
@@ -740,21 +760,7 @@ async fn run_containers(ctx: Arc<PodCtx>) {
             }
             Err(message) => {
                 tracing::warn!(pod = %ctx.pod_name(), %message, "cannot mount the pod's volumes");
-                ctx.update(|state| {
-                    for slot in state.init.iter_mut().chain(state.app.iter_mut()) {
-                        let reason = slot
-                            .status
-                            .state
-                            .as_ref()
-                            .and_then(|s| s.waiting.as_ref())
-                            .and_then(|w| w.reason.clone())
-                            .unwrap_or_else(|| "ContainerCreating".to_owned());
-                        slot.status.state = Some(waiting(
-                            &reason,
-                            Some(format!("MountVolume failed: {message}")),
-                        ));
-                    }
-                });
+                set_waiting_message(&ctx, &format!("MountVolume failed: {message}"));
                 if !ctx.pause(ctx.shared.config.volume_refresh).await {
                     return;
                 }
@@ -786,6 +792,53 @@ async fn run_containers(ctx: Arc<PodCtx>) {
     });
     let app = (0..ctx.spec.containers.len()).map(|index| container_loop(&ctx, Kind::App, index));
     futures::future::join_all(app).await;
+}
+
+/// Gives the pod its overlay address, waiting (with the reason in the
+/// containers' status) while the node has no podCIDR. False when the pod
+/// stops first.
+async fn assign_address(ctx: &Arc<PodCtx>) -> bool {
+    let network = &ctx.shared.network;
+    if !network.is_ready() {
+        set_waiting_message(
+            ctx,
+            "network not ready: the node has no podCIDR yet (is the node-ipam controller running?)",
+        );
+    }
+    let mut stop = ctx.stop.subscribe();
+    let assigned = tokio::select! {
+        assigned = network.address(&ctx.uid, ctx.previous_ip.as_deref()) => assigned,
+        _ = stop.wait_for(|s| !matches!(s, Stop::Run)) => return false,
+    };
+    match assigned {
+        Ok(ip) => {
+            *ctx.ip.lock() = Some(ip);
+            set_waiting_message(ctx, "");
+            true
+        }
+        Err(message) => {
+            tracing::warn!(pod = %ctx.pod_name(), %message, "cannot give the pod an address");
+            ctx.update(|state| state.failed = Some(("NetworkUnavailable".to_owned(), message)));
+            false
+        }
+    }
+}
+
+/// Sets (or with "" clears) the message of every waiting container.
+fn set_waiting_message(ctx: &PodCtx, message: &str) {
+    ctx.update(|state| {
+        for slot in state.init.iter_mut().chain(state.app.iter_mut()) {
+            let reason = slot
+                .status
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.clone())
+                .unwrap_or_else(|| "ContainerCreating".to_owned());
+            let message = (!message.is_empty()).then(|| message.to_owned());
+            slot.status.state = Some(waiting(&reason, message));
+        }
+    });
 }
 
 /// How one instance ended.

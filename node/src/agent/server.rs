@@ -3,7 +3,8 @@
 //!
 //! `GET /containerLogs/{namespace}/{pod}/{container}` with `follow`,
 //! `previous`, `timestamps`, `tailLines`, `sinceSeconds`, `sinceTime` and
-//! `limitBytes`, as the API server forwards them from `pods/log`; and
+//! `limitBytes`, as the API server forwards them from `pods/log`;
+//! `GET /metrics` (the overlay's counters, Prometheus text); and
 //! `GET /healthz`.
 
 use std::convert::Infallible;
@@ -184,6 +185,14 @@ fn handle<B>(
     let path = request.uri().path();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
+    }
+    if path == "/metrics" {
+        let mut response = text(StatusCode::OK, shared.network.router.metrics().render());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return response;
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let ["containerLogs", namespace, pod, container] = parts.as_slice() else {

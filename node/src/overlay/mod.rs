@@ -5,5 +5,11 @@
 //! [`services`] is the routing table each agent keeps from its watches of
 //! Services and EndpointSlices; [`proxy`] feeds it and serves NodePorts.
 
+pub mod identity;
+pub mod ingress;
+pub mod ipam;
+pub mod mesh;
+pub mod policy;
 pub mod proxy;
+pub mod router;
 pub mod services;

@@ -11,18 +11,18 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::runtime::watcher::{self, Event};
 use parking_lot::Mutex;
-use skiff_runtime::{Component, ResponseBody, Sandbox};
+use skiff_runtime::{Component, Sandbox};
 use tokio::task::JoinHandle;
 
-use super::services::{Destination, Endpoint, RouteError, ServiceTable};
+use super::router::Router;
+use super::services::ServiceTable;
 
 /// Finds the handler of a pod's port among the pods this process runs.
 pub trait Deliver: Send + Sync + 'static {
@@ -68,18 +68,18 @@ impl std::fmt::Debug for ServiceProxy {
 /// Settings for [`ServiceProxy::start`].
 #[derive(Clone)]
 pub struct ProxyConfig {
-    /// This node's name (for `externalTrafficPolicy: Local`).
-    pub node: String,
-    /// Where NodePorts listen (loopback in tests, `0.0.0.0` in production).
-    pub bind: IpAddr,
+    /// Where NodePorts listen (loopback in tests, `0.0.0.0` in
+    /// production); `None` opens none (the table is still kept for the
+    /// pods' own calls).
+    pub bind: Option<IpAddr>,
     /// How requests reach pods.
-    pub deliver: Arc<dyn Deliver>,
+    pub router: Arc<Router>,
 }
 
 impl ServiceProxy {
     /// Starts watching and serving.
     pub fn start(client: kube::Client, config: ProxyConfig) -> ServiceProxy {
-        let table = Arc::new(Mutex::new(ServiceTable::new()));
+        let table = config.router.table().clone();
         let listeners: Arc<Mutex<HashMap<u16, Listener>>> = Arc::default();
         let local_policy: Arc<Mutex<HashMap<u16, bool>>> = Arc::default();
         let services = {
@@ -113,7 +113,7 @@ impl ServiceProxy {
                         }
                         Event::Init => {
                             known.clear();
-                            *table.lock() = ServiceTable::new();
+                            table.lock().clear_services();
                         }
                         Event::InitDone => {}
                     }
@@ -134,13 +134,13 @@ impl ServiceProxy {
                         table.lock().upsert_service(&svc);
                     }
                     let wanted: Vec<u16> = known.values().flatten().copied().collect();
-                    sync_listeners(&listeners, &wanted, &table, &config, &local_policy).await;
+                    sync_listeners(&listeners, &wanted, &config, &local_policy).await;
                 }
             })
         };
         let slices = {
             let table = table.clone();
-            let api: Api<EndpointSlice> = Api::all(client);
+            let api: Api<EndpointSlice> = Api::all(client.clone());
             tokio::spawn(async move {
                 let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
                 while let Some(event) = stream.next().await {
@@ -162,10 +162,64 @@ impl ServiceProxy {
                 }
             })
         };
+        let pods = {
+            let table = table.clone();
+            let api: Api<Pod> = Api::all(client);
+            tokio::spawn(async move {
+                let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
+                let mut ips: HashMap<(String, String), IpAddr> = HashMap::new();
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
+                            let Some((ns, name)) = names_of(&pod.metadata) else {
+                                continue;
+                            };
+                            let status = pod.status.as_ref();
+                            let ip = status
+                                .and_then(|s| s.pod_ip.as_deref())
+                                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                                .filter(|_| {
+                                    !matches!(
+                                        status.and_then(|s| s.phase.as_deref()),
+                                        Some("Succeeded" | "Failed")
+                                    )
+                                });
+                            let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+                            let mut table = table.lock();
+                            if let Some(old) = ips.remove(&(ns.clone(), name.clone())) {
+                                table.remove_pod(old);
+                            }
+                            if let Some(ip) = ip {
+                                table.upsert_pod(ip, &ns, &name, node);
+                                ips.insert((ns, name), ip);
+                            }
+                        }
+                        Ok(Event::Delete(pod)) => {
+                            if let Some(key) = names_of(&pod.metadata)
+                                && let Some(old) = ips.remove(&key)
+                            {
+                                table.lock().remove_pod(old);
+                            }
+                        }
+                        Ok(Event::Init) => {
+                            let mut table = table.lock();
+                            for (_, ip) in ips.drain() {
+                                table.remove_pod(ip);
+                            }
+                        }
+                        Ok(Event::InitDone) => {}
+                        Err(error) => {
+                            tracing::debug!(%error, "pod watch interrupted; retrying");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            })
+        };
         ServiceProxy {
             table,
             listeners,
-            tasks: vec![services, slices],
+            tasks: vec![services, slices, pods],
         }
     }
 
@@ -189,11 +243,18 @@ impl ServiceProxy {
 }
 
 fn event_kind(svc: &Service) -> Option<(String, String)> {
-    Some((svc.metadata.namespace.clone()?, svc.metadata.name.clone()?))
+    names_of(&svc.metadata)
+}
+
+fn names_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<(String, String)> {
+    Some((meta.namespace.clone()?, meta.name.clone()?))
 }
 
 /// The host ports a Service opens on every node: the NodePorts of
-/// `NodePort` and `LoadBalancer` Services.
+/// `NodePort` and `LoadBalancer` Services, and the ports of
+/// `LoadBalancer` Services (k3s's service load balancer does the same).
 fn exposed_ports(svc: &Service) -> Vec<u16> {
     let Some(spec) = &svc.spec else {
         return Vec::new();
@@ -202,17 +263,20 @@ fn exposed_ports(svc: &Service) -> Vec<u16> {
     if kind != "NodePort" && kind != "LoadBalancer" {
         return Vec::new();
     }
-    spec.ports
-        .iter()
-        .flatten()
-        .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()))
-        .collect()
+    let ports = spec.ports.iter().flatten();
+    let node_ports = ports
+        .clone()
+        .filter_map(|p| p.node_port.and_then(|n| u16::try_from(n).ok()));
+    let lb_ports = ports
+        .filter(|_| kind == "LoadBalancer")
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| u16::try_from(p.port).ok());
+    node_ports.chain(lb_ports).collect()
 }
 
 async fn sync_listeners(
     listeners: &Arc<Mutex<HashMap<u16, Listener>>>,
     wanted: &[u16],
-    table: &Arc<Mutex<ServiceTable>>,
     config: &ProxyConfig,
     local_policy: &Arc<Mutex<HashMap<u16, bool>>>,
 ) {
@@ -227,7 +291,10 @@ async fn sync_listeners(
         if listeners.lock().contains_key(&port) {
             continue;
         }
-        let addr = SocketAddr::new(config.bind, port);
+        let Some(bind) = config.bind else {
+            return;
+        };
+        let addr = SocketAddr::new(bind, port);
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
             Err(error) => {
@@ -235,30 +302,15 @@ async fn sync_listeners(
                 continue;
             }
         };
-        let table = table.clone();
-        let deliver = config.deliver.clone();
-        let node = config.node.clone();
+        let router = config.router.clone();
         let local_policy = local_policy.clone();
         let task = tokio::spawn(async move {
             let serve = skiff_runtime::serve_with(
                 listener,
                 move |request, peer| {
-                    let table = table.clone();
-                    let deliver = deliver.clone();
+                    let router = router.clone();
                     let local = local_policy.lock().get(&port).copied().unwrap_or(false);
-                    let node = node.clone();
-                    async move {
-                        let local_node = local.then_some(node.as_str());
-                        forward(
-                            &table,
-                            deliver.as_ref(),
-                            port,
-                            peer.ip(),
-                            local_node,
-                            request,
-                        )
-                        .await
-                    }
+                    async move { router.node_port(port, peer, local, request).await }
                 },
                 std::future::pending(),
             );
@@ -269,63 +321,6 @@ async fn sync_listeners(
         tracing::info!(%addr, "NodePort open");
         listeners.lock().insert(port, Listener { task, addr });
     }
-}
-
-/// Routes one NodePort request: picks a ready endpoint this process can
-/// reach (others are skipped before anything is sent) and serves the
-/// request there.
-async fn forward(
-    table: &Mutex<ServiceTable>,
-    deliver: &dyn Deliver,
-    node_port: u16,
-    client: IpAddr,
-    local_node: Option<&str>,
-    request: hyper::Request<hyper::body::Incoming>,
-) -> hyper::Response<ResponseBody> {
-    let mut tried: Vec<Endpoint> = Vec::new();
-    loop {
-        let routed =
-            table
-                .lock()
-                .route_node_port(node_port, client, local_node, &tried, Instant::now());
-        let (endpoint, guard) = match routed {
-            None => return unavailable(format!("no service exposes node port {node_port}")),
-            Some(Err(RouteError::NoEndpoints {
-                namespace, name, ..
-            })) if !tried.is_empty() => {
-                return unavailable(format!(
-                    "service {namespace}/{name}: none of its ready endpoints is reachable from this node"
-                ));
-            }
-            Some(Err(error)) => return unavailable(error.to_string()),
-            Some(Ok((Destination::Endpoint(e), guard))) => (e, guard),
-            Some(Ok((other, _))) => {
-                return unavailable(format!("node port {node_port} leads to {other:?}"));
-            }
-        };
-        let handler = endpoint
-            .pod
-            .as_ref()
-            .and_then(|(ns, pod)| deliver.handler(ns, pod, endpoint.port));
-        match handler {
-            Some((component, sandbox)) => {
-                let response = component.serve(request, &sandbox).await;
-                drop(guard);
-                return response;
-            }
-            None => tried.push(endpoint),
-        }
-    }
-}
-
-fn unavailable(message: String) -> hyper::Response<ResponseBody> {
-    let mut response = hyper::Response::new(skiff_runtime::body(format!("{message}\n")));
-    *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 /// Every agent running in this process, as one [`Deliver`]: `skiff up`

@@ -82,6 +82,9 @@ struct ServiceEntry {
     cluster_ips: Vec<IpAddr>,
     ports: Vec<PortEntry>,
     external_name: Option<String>,
+    /// A `LoadBalancer` Service: its ports open on every node, like k3s's
+    /// service load balancer.
+    load_balancer: bool,
     affinity: Option<Duration>,
     /// Endpoints by service port name, merged from every slice.
     slices: HashMap<String, SliceEndpoints>,
@@ -179,6 +182,30 @@ impl ServiceTable {
         entry.ports = ports;
         entry.affinity = affinity;
         entry.external_name = external_name;
+        entry.load_balancer = spec.type_.as_deref() == Some("LoadBalancer");
+    }
+
+    /// The number of Service `namespace/name`'s port called `port_name`.
+    pub fn service_port_by_name(
+        &self,
+        namespace: &str,
+        name: &str,
+        port_name: &str,
+    ) -> Option<u16> {
+        self.services
+            .get(&key(namespace, name))?
+            .ports
+            .iter()
+            .find(|p| p.name == port_name)
+            .map(|p| p.port)
+    }
+
+    /// Forgets every Service and slice (a watch restarting lists them
+    /// again); pod addresses stay.
+    pub fn clear_services(&mut self) {
+        self.services.clear();
+        self.by_ip.clear();
+        self.affinity.clear();
     }
 
     /// Forgets a Service (its slices go with it).
@@ -360,7 +387,8 @@ impl ServiceTable {
         self.pick(&k, &service_port, client, exclude, now)
     }
 
-    /// Routes a connection that arrived on a NodePort: to the Service
+    /// Routes a connection that arrived on a NodePort (or on the port of a
+    /// `LoadBalancer` Service, open on every node): to the Service
     /// exposing `node_port`, over all its ready endpoints, or only those on
     /// `local_node` when given (`externalTrafficPolicy: Local`).
     pub fn route_node_port(
@@ -371,12 +399,21 @@ impl ServiceTable {
         exclude: &[Endpoint],
         now: Instant,
     ) -> Option<Result<(Destination, Option<InFlight>), RouteError>> {
-        let (k, port) = self.services.iter().find_map(|(k, e)| {
-            e.ports
-                .iter()
-                .find(|p| p.node_port == Some(node_port))
-                .map(|p| (k.clone(), p.clone()))
-        })?;
+        let find = |lb: bool| {
+            self.services.iter().find_map(|(k, e)| {
+                e.ports
+                    .iter()
+                    .find(|p| {
+                        if lb {
+                            e.load_balancer && p.port == node_port
+                        } else {
+                            p.node_port == Some(node_port)
+                        }
+                    })
+                    .map(|p| (k.clone(), p.clone()))
+            })
+        };
+        let (k, port) = find(false).or_else(|| find(true))?;
         let mut skip: Vec<Endpoint> = exclude.to_vec();
         if let Some(node) = local_node {
             skip.extend(

@@ -22,6 +22,11 @@ pub const HELLO: &str = env!("SKIFF_GUEST_HELLO");
 /// values joined by ", "), "body" (UTF-8, lossy)}`.
 pub const ECHO: &str = env!("SKIFF_GUEST_ECHO");
 
+/// `examples/fanout`: an HTTP component that `GET`s `?target=URL` (default
+/// `$TARGET`, else `http://hello`) `?n=N` times and answers JSON counting
+/// the bodies (`answers`), statuses and errors it got.
+pub const FANOUT: &str = env!("SKIFF_GUEST_FANOUT");
+
 /// `examples/pi`: a command printing pi to N decimal places (`3.14159...`,
 /// truncated); N is argv\[1\], else `$DIGITS`, else 100. Invalid N: exit 2.
 pub const PI: &str = env!("SKIFF_GUEST_PI");
@@ -41,6 +46,7 @@ pub const HTTP_TEST: &str = env!("SKIFF_GUEST_HTTP_TEST");
 pub const ALL: &[(&str, &str)] = &[
     ("HELLO", HELLO),
     ("ECHO", ECHO),
+    ("FANOUT", FANOUT),
     ("PI", PI),
     ("MISBEHAVE", MISBEHAVE),
     ("HTTP_TEST", HTTP_TEST),

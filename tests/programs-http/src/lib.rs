@@ -37,14 +37,14 @@ fn handle(request: Request) -> (StatusCode, String) {
             recurse(0);
             unreachable!("unbounded recursion returned")
         }
-        "/sleep" => match param(query, "ms").and_then(|ms| ms.parse().ok()) {
+        "/sleep" => match skiff_guest::query_param(query, "ms").and_then(|ms| ms.parse().ok()) {
             Some(ms) => {
                 std::thread::sleep(Duration::from_millis(ms));
                 (StatusCode::OK, "slept".to_owned())
             }
             None => bad_request("/sleep needs ?ms=<milliseconds>"),
         },
-        "/fetch" => match param(query, "url") {
+        "/fetch" => match skiff_guest::query_param(query, "url") {
             Some(url) => match skiff_guest::get(&url) {
                 Ok(response) => (
                     StatusCode::OK,
@@ -58,16 +58,18 @@ fn handle(request: Request) -> (StatusCode, String) {
             },
             None => bad_request("/fetch needs ?url=<percent-encoded URL>"),
         },
-        "/log" => match param(query, "lines").and_then(|n| n.parse::<u64>().ok()) {
-            Some(lines) => {
-                for i in 0..lines {
-                    println!("request line {i}");
+        "/log" => {
+            match skiff_guest::query_param(query, "lines").and_then(|n| n.parse::<u64>().ok()) {
+                Some(lines) => {
+                    for i in 0..lines {
+                        println!("request line {i}");
+                    }
+                    (StatusCode::OK, format!("logged {lines} lines"))
                 }
-                (StatusCode::OK, format!("logged {lines} lines"))
+                None => bad_request("/log needs ?lines=<count>"),
             }
-            None => bad_request("/log needs ?lines=<count>"),
-        },
-        "/env" => match param(query, "name") {
+        }
+        "/env" => match skiff_guest::query_param(query, "name") {
             Some(name) => match config::var(&name) {
                 Some(value) => (StatusCode::OK, value),
                 None => (StatusCode::NOT_FOUND, format!("{name} is not set")),
@@ -80,62 +82,4 @@ fn handle(request: Request) -> (StatusCode, String) {
 
 fn bad_request(message: &str) -> (StatusCode, String) {
     (StatusCode::BAD_REQUEST, message.to_owned())
-}
-
-/// The percent-decoded value of the first `name=value` pair in `query`.
-fn param(query: &str, name: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| percent_decode(key) == name)
-        .map(|(_, value)| percent_decode(value))
-}
-
-/// Decodes `%XX` escapes; a `%` not followed by two hex digits is kept as is,
-/// and `+` stays `+` (this is URL, not form, decoding).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(
-            percent_decode("http%3A%2F%2F127.0.0.1%3A8080%2Fa%3Fb%3Dc"),
-            "http://127.0.0.1:8080/a?b=c"
-        );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz+%41"), "%zz+A");
-    }
-
-    #[test]
-    fn params_are_found_and_decoded() {
-        let query = "x=1&url=http%3A%2F%2Fh%2F&ms=5";
-        assert_eq!(param(query, "url").as_deref(), Some("http://h/"));
-        assert_eq!(param(query, "ms").as_deref(), Some("5"));
-        assert_eq!(param(query, "nope"), None);
-    }
 }

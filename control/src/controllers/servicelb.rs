@@ -1,0 +1,212 @@
+//! The service load balancer, as k3s's ServiceLB does it: every node opens
+//! the ports of `LoadBalancer` Services (the agents' Service proxy does
+//! that), and this controller writes the Ready nodes' addresses into each
+//! such Service's `status.loadBalancer.ingress`, so `kubectl get svc`
+//! shows an EXTERNAL-IP and clients know where to connect.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+
+use super::Context;
+
+/// The addresses a LoadBalancer Service is reachable at: the InternalIP
+/// (else ExternalIP) of every Ready node that is not cordoned, sorted.
+pub fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<String> {
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    for node in nodes {
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let cordoned = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        if !ready || cordoned {
+            continue;
+        }
+        let addresses = node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .cloned()
+            .unwrap_or_default();
+        let pick = |kind: &str| {
+            addresses
+                .iter()
+                .find(|a| a.type_ == kind)
+                .map(|a| a.address.clone())
+        };
+        if let Some(address) = pick("InternalIP").or_else(|| pick("ExternalIP")) {
+            out.insert(address);
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The `status.loadBalancer` a Service should have.
+fn wanted(service: &Service, addresses: &[String]) -> serde_json::Value {
+    let is_lb = service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+    if !is_lb {
+        return serde_json::json!({});
+    }
+    let ports: Vec<serde_json::Value> = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| serde_json::json!({ "port": p.port, "protocol": p.protocol.as_deref().unwrap_or("TCP") }))
+        .collect();
+    let ingress: Vec<serde_json::Value> = addresses
+        .iter()
+        .map(|ip| serde_json::json!({ "ip": ip, "ipMode": "VIP", "ports": ports }))
+        .collect();
+    if ingress.is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::json!({ "ingress": ingress })
+    }
+}
+
+enum Change {
+    Service(Box<Service>),
+    ServiceGone(String, String),
+    Node(Box<Node>),
+    NodeGone(String),
+    Resync,
+}
+
+/// Watches Services and Nodes and keeps LoadBalancer statuses current.
+pub async fn run(ctx: Context) -> anyhow::Result<()> {
+    let services: Api<Service> = Api::all(ctx.client.clone());
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let svc_events = watcher::watcher(services, watcher::Config::default()).map(|e| {
+        e.map(|e| match e {
+            Event::Apply(s) | Event::InitApply(s) => Change::Service(Box::new(s)),
+            Event::Delete(s) => Change::ServiceGone(
+                s.metadata.namespace.unwrap_or_default(),
+                s.metadata.name.unwrap_or_default(),
+            ),
+            Event::Init | Event::InitDone => Change::Resync,
+        })
+    });
+    let node_events = watcher::watcher(nodes, watcher::Config::default()).map(|e| {
+        e.map(|e| match e {
+            Event::Apply(n) | Event::InitApply(n) => Change::Node(Box::new(n)),
+            Event::Delete(n) => Change::NodeGone(n.metadata.name.unwrap_or_default()),
+            Event::Init | Event::InitDone => Change::Resync,
+        })
+    });
+    let mut events = futures::stream::select(svc_events.boxed(), node_events.boxed());
+    let mut known_services: BTreeMap<(String, String), Service> = BTreeMap::new();
+    let mut known_nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut written: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            Change::Service(s) => {
+                let key = (
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone().unwrap_or_default(),
+                );
+                written.insert(
+                    key.clone(),
+                    serde_json::to_value(s.status.as_ref().and_then(|s| s.load_balancer.clone()))?,
+                );
+                known_services.insert(key, *s);
+            }
+            Change::ServiceGone(ns, name) => {
+                known_services.remove(&(ns.clone(), name.clone()));
+                written.remove(&(ns, name));
+            }
+            Change::Node(n) => {
+                known_nodes.insert(n.metadata.name.clone().unwrap_or_default(), *n);
+            }
+            Change::NodeGone(name) => {
+                known_nodes.remove(&name);
+            }
+            Change::Resync => {}
+        }
+        let addresses = node_addresses(known_nodes.values());
+        for ((ns, name), service) in &known_services {
+            let want = wanted(service, &addresses);
+            let have = written.get(&(ns.clone(), name.clone()));
+            let have_empty = have.is_none_or(|h| h.is_null() || *h == serde_json::json!({}));
+            if have == Some(&want) || (have_empty && want == serde_json::json!({})) {
+                continue;
+            }
+            let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+            // A merge patch replaces the whole ingress list.
+            let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": want.get("ingress").cloned().unwrap_or(serde_json::Value::Null) } } });
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(service = %format!("{ns}/{name}"), addresses = ?addresses, "load balancer status updated");
+                    written.insert((ns.clone(), name.clone()), want);
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    anyhow::bail!("the service or node watch ended")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ip: &str, ready: bool, cordoned: bool) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name },
+            "spec": { "unschedulable": cordoned },
+            "status": {
+                "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
+                "addresses": [{ "type": "Hostname", "address": name }, { "type": "InternalIP", "address": ip }],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_uncordoned_nodes_give_their_internal_ips() {
+        let nodes = [
+            node("c", "10.0.0.3", true, false),
+            node("a", "10.0.0.1", true, false),
+            node("b", "10.0.0.2", false, false),
+            node("d", "10.0.0.4", true, true),
+        ];
+        assert_eq!(node_addresses(&nodes), ["10.0.0.1", "10.0.0.3"]);
+    }
+
+    #[test]
+    fn only_load_balancers_get_ingress() {
+        let lb: Service = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "web", "namespace": "default" },
+            "spec": { "type": "LoadBalancer", "ports": [{ "port": 80 }] },
+        }))
+        .unwrap();
+        let want = wanted(&lb, &["10.0.0.1".to_owned()]);
+        assert_eq!(want["ingress"][0]["ip"], "10.0.0.1");
+        assert_eq!(want["ingress"][0]["ports"][0]["port"], 80);
+        assert_eq!(wanted(&lb, &[]), serde_json::json!({}));
+        let cluster_ip: Service = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "db", "namespace": "default" },
+            "spec": { "ports": [{ "port": 5432 }] },
+        }))
+        .unwrap();
+        assert_eq!(
+            wanted(&cluster_ip, &["10.0.0.1".to_owned()]),
+            serde_json::json!({})
+        );
+    }
+}
