@@ -1,5 +1,6 @@
 //! End-to-end: the overlay across real processes. One `skiff server` and
-//! three `skiff agent`s, each on its own loopback address (127.0.0.2-4)
+//! three `skiff agent`s, each on its own loopback address (127.0.0.2-4;
+//! the second test, running alongside, uses 127.0.1.2-4)
 //! with its own QUIC mesh endpoint and NodePort listeners. Pods get
 //! addresses from their node's podCIDR; a `fanout` pod calls a Service
 //! whose pods all sit on other nodes, so every answer crossed the mesh;
@@ -17,15 +18,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 use support::{Agent, Server, apply, condition, eventually, get_json, http_get_on};
 
-/// The three nodes: name and address.
-const NODES: [(&str, &str); 3] = [
+/// Three nodes: name and address. Tests run in parallel, so each cluster
+/// has its own addresses (NodePorts are the same numbers in both).
+type Nodes = [(&'static str, &'static str); 3];
+
+/// The first test's nodes.
+const NODES_A: Nodes = [
     ("n1", "127.0.0.2"),
     ("n2", "127.0.0.3"),
     ("n3", "127.0.0.4"),
 ];
 
+/// The second test's nodes.
+const NODES_B: Nodes = [
+    ("n1", "127.0.1.2"),
+    ("n2", "127.0.1.3"),
+    ("n3", "127.0.1.4"),
+];
+
 /// The Ingress entry point's port on every node.
-fn start_cluster(ingress_port: u16) -> (Server, Vec<Agent>) {
+fn start_cluster(nodes: &Nodes, ingress_port: u16) -> (Server, Vec<Agent>) {
     let server = Server::start_with_args(&[
         // Agents renew their Lease every 10 s: the grace must outlast that.
         "--node-monitor-grace-secs",
@@ -33,7 +45,7 @@ fn start_cluster(ingress_port: u16) -> (Server, Vec<Agent>) {
         "--pod-eviction-timeout-secs",
         "2",
     ]);
-    let agents = NODES
+    let agents = nodes
         .iter()
         .map(|(name, ip)| {
             Agent::start_named(
@@ -52,7 +64,7 @@ fn start_cluster(ingress_port: u16) -> (Server, Vec<Agent>) {
             )
         })
         .collect();
-    for (name, ip) in NODES {
+    for &(name, ip) in nodes {
         eventually(
             &format!("node {name} Ready with a podCIDR and a mesh endpoint"),
             || {
@@ -186,7 +198,7 @@ spec:
 
 #[test]
 fn services_balance_across_nodes_over_quic_and_fail_over() {
-    let (server, mut agents) = start_cluster(support::free_port());
+    let (server, mut agents) = start_cluster(&NODES_A, support::free_port());
     for node in ["n2", "n3"] {
         server.ok(&["label", "node", node, "tier=backend"]);
     }
@@ -195,7 +207,7 @@ fn services_balance_across_nodes_over_quic_and_fail_over() {
     wait_ready(&server, "default", "app=fanout", 1);
 
     // Pod IPs: from each node's podCIDR, unique.
-    let cidrs: BTreeMap<String, String> = NODES
+    let cidrs: BTreeMap<String, String> = NODES_A
         .iter()
         .map(|(n, _)| {
             let node = get_json(&server, &["node", n]).unwrap();
@@ -226,7 +238,7 @@ fn services_balance_across_nodes_over_quic_and_fail_over() {
     // endpoint took its share.
     let port = node_port(&server, "default", "fanout");
     let tally = eventually("fanout reaches hello on every endpoint", || {
-        let t = fanout("127.0.0.2", port, "http://hello", 40)?;
+        let t = fanout(NODES_A[0].1, port, "http://hello", 40)?;
         (t["ok"] == 40 && t["answers"].as_object().map(|a| a.len()) == Some(4))
             .then_some(t.clone())
             .ok_or_else(|| t.to_string())
@@ -249,7 +261,7 @@ fn services_balance_across_nodes_over_quic_and_fail_over() {
         (format!("http://{cluster_ip}"), None),
         (format!("http://{some_ip}:8080"), Some(some_pod)),
     ] {
-        let t = fanout("127.0.0.2", port, &target, 4).unwrap();
+        let t = fanout(NODES_A[0].1, port, &target, 4).unwrap();
         assert_eq!(t["ok"], 4, "{target}: {t}");
         if let Some(pod) = expect {
             assert_eq!(
@@ -262,7 +274,7 @@ fn services_balance_across_nodes_over_quic_and_fail_over() {
     // A Service that does not exist is an error the guest reads; a port the
     // Service lacks is a 503 naming it.
     let t = fanout(
-        "127.0.0.2",
+        NODES_A[0].1,
         port,
         "http://nothing.default.svc.cluster.local",
         1,
@@ -270,12 +282,12 @@ fn services_balance_across_nodes_over_quic_and_fail_over() {
     .unwrap();
     assert_eq!(t["ok"], 0, "{t}");
     assert_eq!(t["errors"].as_object().map(|e| e.len()), Some(1), "{t}");
-    let t = fanout("127.0.0.2", port, "http://hello:81", 1).unwrap();
+    let t = fanout(NODES_A[0].1, port, "http://hello:81", 1).unwrap();
     assert_eq!(t["statuses"]["503"], 1, "{t}");
 
     // The NodePort answers on every node; on n2 and n3 the request itself
     // crosses to n1, where fanout runs.
-    for (_, ip) in NODES {
+    for (_, ip) in NODES_A {
         let t = fanout(ip, port, "http://hello", 4).unwrap();
         assert_eq!(t["ok"], 4, "via {ip}: {t}");
     }
@@ -295,7 +307,7 @@ fn services_balance_across_nodes_over_quic_and_fail_over() {
     let n3 = agents.pop().unwrap();
     drop(n3);
     eventually("only live endpoints answer after n3 died", || {
-        let t = fanout("127.0.0.2", port, "http://hello", 20)?;
+        let t = fanout(NODES_A[0].1, port, "http://hello", 20)?;
         let answered: BTreeSet<String> = t["answers"]
             .as_object()
             .map(|a| a.keys().cloned().collect())
@@ -317,7 +329,7 @@ fn hello_on(hello: &BTreeMap<String, (String, String)>, answer: &str, node: &str
 #[test]
 fn egress_network_policy_ingress_load_balancer_and_readiness() {
     let ingress_port = support::free_port();
-    let (server, agents) = start_cluster(ingress_port);
+    let (server, agents) = start_cluster(&NODES_B, ingress_port);
     for node in ["n2", "n3"] {
         server.ok(&["label", "node", node, "tier=backend"]);
     }
@@ -333,7 +345,7 @@ fn egress_network_policy_ingress_load_balancer_and_readiness() {
 
     // Open by default, like Kubernetes: default's fanout reaches sealed's hello.
     eventually("default reaches sealed before any policy", || {
-        let t = fanout("127.0.0.2", default_port, "http://hello.sealed", 4)?;
+        let t = fanout(NODES_B[0].1, default_port, "http://hello.sealed", 4)?;
         (t["ok"] == 4).then_some(()).ok_or_else(|| t.to_string())
     });
     // Sealed: only pods of its own namespace reach its hello pods (its
@@ -351,14 +363,14 @@ spec:
 "#,
     );
     eventually("the policy blocks default → sealed", || {
-        let t = fanout("127.0.0.2", default_port, "http://hello.sealed", 2)?;
+        let t = fanout(NODES_B[0].1, default_port, "http://hello.sealed", 2)?;
         (t["ok"] == 0 && t["errors"].as_object().is_some_and(|e| !e.is_empty()))
             .then_some(())
             .ok_or_else(|| t.to_string())
     });
-    let t = fanout("127.0.0.2", sealed_port, "http://hello", 4).unwrap();
+    let t = fanout(NODES_B[0].1, sealed_port, "http://hello", 4).unwrap();
     assert_eq!(t["ok"], 4, "sealed still reaches itself: {t}");
-    let t = fanout("127.0.0.2", default_port, "http://hello", 4).unwrap();
+    let t = fanout(NODES_B[0].1, default_port, "http://hello", 4).unwrap();
     assert_eq!(t["ok"], 4, "default still reaches itself: {t}");
 
     // Egress: an outside host (a listener of this test, on loopback) is
@@ -385,7 +397,7 @@ spec:
         }
     });
     let url = format!("http://127.0.0.1:{outside_port}/");
-    let t = fanout("127.0.0.2", default_port, &url, 1).unwrap();
+    let t = fanout(NODES_B[0].1, default_port, &url, 1).unwrap();
     assert_eq!(t["ok"], 0, "egress is denied by default: {t}");
     let denied = t["errors"]
         .as_object()
@@ -408,7 +420,7 @@ spec:
     ]);
     server.ok(&["rollout", "status", "deployment/fanout", "--timeout=60s"]);
     eventually("the annotated pod reaches the outside host", || {
-        let t = fanout("127.0.0.2", default_port, &url, 1)?;
+        let t = fanout(NODES_B[0].1, default_port, &url, 1)?;
         (t["answers"]["outside"] == 1)
             .then_some(())
             .ok_or_else(|| t.to_string())
@@ -453,9 +465,9 @@ spec:
     });
     assert_eq!(
         ingress,
-        NODES.iter().map(|(_, ip)| ip.to_string()).collect()
+        NODES_B.iter().map(|(_, ip)| ip.to_string()).collect()
     );
-    for (_, ip) in NODES {
+    for (_, ip) in NODES_B {
         let r = eventually(&format!("hello-lb on {ip}:{lb_port}"), || {
             let r = http_get_on(ip, lb_port, "/")?;
             r.starts_with("HTTP/1.1 200").then_some(r.clone()).ok_or(r)
@@ -478,14 +490,14 @@ spec:
       - {path: /hello, pathType: Prefix, backend: {service: {name: hello, port: {number: 80}}}}
 "#,
     );
-    for (_, ip) in NODES {
+    for (_, ip) in NODES_B {
         let r = eventually(&format!("the Ingress on {ip}:{ingress_port}"), || {
             let r = support::http_get_as(ip, ingress_port, "demo.test", "/hello/there")?;
             r.starts_with("HTTP/1.1 200").then_some(r.clone()).ok_or(r)
         });
         assert!(body(&r).starts_with("Hello from hello-"), "{r}");
     }
-    let r = support::http_get_as("127.0.0.2", ingress_port, "other.test", "/hello").unwrap();
+    let r = support::http_get_as(NODES_B[0].1, ingress_port, "other.test", "/hello").unwrap();
     assert!(r.starts_with("HTTP/1.1 404"), "no rule for other.test: {r}");
 
     // Readiness: a pod whose probe fails never takes traffic.
@@ -528,7 +540,7 @@ spec:
         ),
     );
     wait_ready(&server, "default", "app=mixed", 1);
-    let t = fanout("127.0.0.2", default_port, "http://mixed", 10).unwrap();
+    let t = fanout(NODES_B[0].1, default_port, "http://mixed", 10).unwrap();
     assert_eq!(
         t["answers"]["Hello from quick!"], 10,
         "only the ready pod answers: {t}"
