@@ -333,6 +333,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A flag's value that may be `none`: `None` then, else the parsed value.
+fn none_or<T>(value: &str, flag: &str, what: &str) -> anyhow::Result<Option<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    if value == "none" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("{flag} {value:?} is neither {what} nor `none`"))
+}
+
 async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     use skiff_node::agent::{Agent, AgentConfig};
     let token = std::fs::read_to_string(&args.token_file)
@@ -349,22 +364,16 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| SocketAddr::new(args.node_ip, 0));
     let listen_ip = config.listen.ip();
     config.instance_type = args.instance_type;
-    config.node_port_address = match args.node_port_address.as_str() {
-        "none" => None,
-        ip => Some(ip.parse().with_context(|| {
-            format!("--node-port-address {ip:?} is neither an IP address nor `none`")
-        })?),
-    };
+    config.node_port_address = none_or(
+        &args.node_port_address,
+        "--node-port-address",
+        "an IP address",
+    )?;
     config.node_ip = args.node_ip;
     config.pod_cidr = args.pod_cidr;
     config.ingress_http = args.ingress_http;
     config.ingress_https = args.ingress_https;
-    config.mesh_listen = match args.mesh_listen.as_str() {
-        "none" => None,
-        addr => Some(addr.parse().with_context(|| {
-            format!("--mesh-listen {addr:?} is neither an ip:port address nor `none`")
-        })?),
-    };
+    config.mesh_listen = none_or(&args.mesh_listen, "--mesh-listen", "an ip:port address")?;
     config.restart_backoff = Duration::from_millis(args.restart_backoff_ms.max(1));
     config.max_restart_backoff = (config.restart_backoff * 30).min(Duration::from_secs(300));
     let agent = Agent::start(config).await?;

@@ -16,27 +16,12 @@ fn ok(server: &Server, args: &[&str]) -> String {
     server.ok(args)
 }
 
-/// The pods of `selector` that are Running and Ready, with their nodes.
+/// The pods of `selector` that are Ready, with their nodes.
 fn ready_pods(server: &Server, selector: &str) -> Result<Vec<(String, String)>, String> {
-    let pods = get_json(server, &["pods", "-l", selector])?;
-    Ok(pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| condition(p, "Ready").is_some_and(|c| c["status"] == "True"))
-        .map(|p| {
-            (
-                p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                p["spec"]["nodeName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            )
-        })
+    let name = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Ok(support::ready_pods(server, &["-l", selector])?
+        .iter()
+        .map(|p| (name(&p["metadata"]["name"]), name(&p["spec"]["nodeName"])))
         .collect())
 }
 

@@ -88,21 +88,18 @@ fn ready_pods(
     namespace: &str,
     selector: &str,
 ) -> Result<BTreeMap<String, (String, String)>, String> {
-    let pods = get_json(server, &["pods", "-n", namespace, "-l", selector])?;
-    Ok(pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| condition(p, "Ready").is_some_and(|c| c["status"] == "True"))
-        .map(|p| {
-            let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-            (
-                s(&p["metadata"]["name"]),
-                (s(&p["spec"]["nodeName"]), s(&p["status"]["podIP"])),
-            )
-        })
-        .collect())
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Ok(
+        support::ready_pods(server, &["-n", namespace, "-l", selector])?
+            .iter()
+            .map(|p| {
+                (
+                    s(&p["metadata"]["name"]),
+                    (s(&p["spec"]["nodeName"]), s(&p["status"]["podIP"])),
+                )
+            })
+            .collect(),
+    )
 }
 
 fn wait_ready(

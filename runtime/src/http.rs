@@ -22,6 +22,21 @@ use crate::{Component, GuestError, Sandbox};
 /// A response body streamed from a guest.
 pub type ResponseBody = HyperOutgoingBody;
 
+/// A `text/plain` response made on the host: `status` with `message` and
+/// a newline.
+pub fn text_response(
+    status: http::StatusCode,
+    message: impl std::fmt::Display,
+) -> hyper::Response<ResponseBody> {
+    let mut response = hyper::Response::new(body(format!("{message}\n")));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// A whole body made on the host, for requests the host sends a guest
 /// (probes, embedders, tests) and for responses it makes itself.
 pub fn body(bytes: impl Into<Bytes>) -> ResponseBody {
@@ -139,13 +154,7 @@ pub fn error_response(component: &str, err: &GuestError) -> hyper::Response<Resp
     // The first line only: a trap's wasm backtrace belongs in the log.
     let message = err.to_string();
     let message = message.lines().next().unwrap_or_default();
-    let mut response =
-        hyper::Response::new(body(format!("skiff: component {component} {message}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    let mut response = text_response(status, format!("skiff: component {component} {message}"));
     response.headers_mut().insert(
         "x-skiff-error",
         http::HeaderValue::from_static(err.reason()),

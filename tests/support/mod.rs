@@ -388,6 +388,20 @@ pub fn http_get_as(
     Ok(response)
 }
 
+/// The pods `kubectl get pods ARGS` lists that are Ready and not being
+/// deleted.
+pub fn ready_pods(server: &Server, args: &[&str]) -> Result<Vec<Value>, String> {
+    let pods = get_json(server, &[&["pods"], args].concat())?;
+    Ok(pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| condition(p, "Ready").is_some_and(|c| c["status"] == "True"))
+        .cloned()
+        .collect())
+}
+
 pub fn phase(pod: &Value) -> &str {
     pod["status"]["phase"].as_str().unwrap_or_default()
 }

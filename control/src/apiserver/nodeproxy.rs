@@ -70,27 +70,14 @@ pub(super) async fn pod_log(state: &Arc<State>, req: &Req, t: &Target) -> ApiRes
                 "pod {name:?} runs on node {node_name:?}, which is not registered"
             ))
         })?;
-    let endpoint = agent_endpoint(&node).ok_or_else(|| {
-        ApiError::unavailable(format!(
-            "node {node_name:?} does not publish a log endpoint (InternalIP, kubelet port and serving certificate)"
-        ))
-    })?;
-    let mut path = format!("/containerLogs/{namespace}/{name}/{container}");
-    let query: Vec<(&str, &str)> = LOG_PARAMS
+    let query = LOG_PARAMS
         .iter()
-        .filter_map(|p| req.param(p).map(|v| (*p, v)))
-        .collect();
-    if !query.is_empty() {
-        path.push('?');
-        path.push_str(
-            &form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(query)
-                .finish(),
-        );
-    }
-    fetch(&endpoint, &path, state.tokens.node())
-        .await
-        .map_err(|e| ApiError::unavailable(format!("node {node_name:?}: {e}")))
+        .filter_map(|p| req.param(p).map(|v| (*p, v)));
+    let path = with_query(
+        format!("/containerLogs/{namespace}/{name}/{container}"),
+        query,
+    );
+    fetch_from_agent(state, node_name, &node, &path).await
 }
 
 /// `GET nodes/NAME/proxy/PATH`: the node agent's own endpoints
@@ -99,23 +86,44 @@ pub(super) async fn pod_log(state: &Arc<State>, req: &Req, t: &Target) -> ApiRes
 pub(super) async fn node_proxy(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult<Response> {
     let node_name = t.name.as_deref().unwrap_or_default();
     let (node, _) = get_object(state, t.rt, None, node_name).await?;
-    let endpoint = agent_endpoint(&node).ok_or_else(|| {
+    let mut query: Vec<(&str, &str)> = req
+        .query
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    query.sort();
+    let path = with_query(
+        format!("/{}", t.proxy_path.as_deref().unwrap_or_default()),
+        query,
+    );
+    fetch_from_agent(state, node_name, &node, &path).await
+}
+
+/// `path?query`, the query form-encoded (no `?` when it is empty).
+fn with_query<'a>(mut path: String, query: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(query)
+        .finish();
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query);
+    }
+    path
+}
+
+/// `GET path` from the agent of `node`, with the node token.
+async fn fetch_from_agent(
+    state: &Arc<State>,
+    node_name: &str,
+    node: &Value,
+    path: &str,
+) -> ApiResult<Response> {
+    let endpoint = agent_endpoint(node).ok_or_else(|| {
         ApiError::unavailable(format!(
-            "node {node_name:?} does not publish an endpoint (InternalIP, kubelet port and serving certificate)"
+            "node {node_name:?} does not publish its agent endpoint (InternalIP, kubelet port and serving certificate)"
         ))
     })?;
-    let mut path = format!("/{}", t.proxy_path.as_deref().unwrap_or_default());
-    if !req.query.is_empty() {
-        let mut pairs: Vec<(&String, &String)> = req.query.iter().collect();
-        pairs.sort();
-        path.push('?');
-        path.push_str(
-            &form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(pairs)
-                .finish(),
-        );
-    }
-    fetch(&endpoint, &path, state.tokens.node())
+    fetch(&endpoint, path, state.tokens.node())
         .await
         .map_err(|e| ApiError::unavailable(format!("node {node_name:?}: {e}")))
 }

@@ -51,29 +51,36 @@ pub fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Stri
     out.into_iter().collect()
 }
 
-/// The `status.loadBalancer` a Service should have.
-fn wanted(service: &Service, addresses: &[String]) -> serde_json::Value {
-    let is_lb = service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-    if !is_lb {
-        return serde_json::json!({});
+/// The `status.loadBalancer.ingress` a Service should have: the node
+/// addresses for a `LoadBalancer` Service, nothing for any other.
+fn wanted(service: &Service, addresses: &[String]) -> Vec<serde_json::Value> {
+    let spec = service.spec.as_ref();
+    if spec.and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
+        return Vec::new();
     }
-    let ports: Vec<serde_json::Value> = service
-        .spec
-        .as_ref()
+    let ports: Vec<serde_json::Value> = spec
         .and_then(|s| s.ports.as_ref())
         .into_iter()
         .flatten()
         .map(|p| serde_json::json!({ "port": p.port, "protocol": p.protocol.as_deref().unwrap_or("TCP") }))
         .collect();
-    let ingress: Vec<serde_json::Value> = addresses
+    addresses
         .iter()
         .map(|ip| serde_json::json!({ "ip": ip, "ipMode": "VIP", "ports": ports }))
-        .collect();
-    if ingress.is_empty() {
-        serde_json::json!({})
-    } else {
-        serde_json::json!({ "ingress": ingress })
-    }
+        .collect()
+}
+
+/// The `status.loadBalancer.ingress` a Service has.
+fn current(service: &Service) -> Vec<serde_json::Value> {
+    service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| serde_json::to_value(i).ok())
+        .collect()
 }
 
 enum Change {
@@ -106,9 +113,8 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         })
     });
     let mut events = futures::stream::select(svc_events.boxed(), node_events.boxed());
-    let mut known_services: BTreeMap<(String, String), Service> = BTreeMap::new();
-    let mut known_nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let mut written: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
+    let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     while let Some(event) = events.next().await {
         match event? {
             Change::Service(s) => {
@@ -116,42 +122,36 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
                     s.metadata.namespace.clone().unwrap_or_default(),
                     s.metadata.name.clone().unwrap_or_default(),
                 );
-                written.insert(
-                    key.clone(),
-                    serde_json::to_value(s.status.as_ref().and_then(|s| s.load_balancer.clone()))?,
-                );
-                known_services.insert(key, *s);
+                services.insert(key, *s);
             }
             Change::ServiceGone(ns, name) => {
-                known_services.remove(&(ns.clone(), name.clone()));
-                written.remove(&(ns, name));
+                services.remove(&(ns, name));
             }
             Change::Node(n) => {
-                known_nodes.insert(n.metadata.name.clone().unwrap_or_default(), *n);
+                nodes.insert(n.metadata.name.clone().unwrap_or_default(), *n);
             }
             Change::NodeGone(name) => {
-                known_nodes.remove(&name);
+                nodes.remove(&name);
             }
             Change::Resync => {}
         }
-        let addresses = node_addresses(known_nodes.values());
-        for ((ns, name), service) in &known_services {
+        let addresses = node_addresses(nodes.values());
+        for ((ns, name), service) in &mut services {
             let want = wanted(service, &addresses);
-            let have = written.get(&(ns.clone(), name.clone()));
-            let have_empty = have.is_none_or(|h| h.is_null() || *h == serde_json::json!({}));
-            if have == Some(&want) || (have_empty && want == serde_json::json!({})) {
+            if current(service) == want {
                 continue;
             }
             let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
             // A merge patch replaces the whole ingress list.
-            let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": want.get("ingress").cloned().unwrap_or(serde_json::Value::Null) } } });
+            let patch = serde_json::json!({ "status": { "loadBalancer": { "ingress": want } } });
             match api
                 .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {
+                Ok(updated) => {
                     tracing::info!(service = %format!("{ns}/{name}"), addresses = ?addresses, "load balancer status updated");
-                    written.insert((ns.clone(), name.clone()), want);
+                    // The watch brings it too; until then, do not write again.
+                    *service = updated;
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(error) => return Err(error.into()),
@@ -196,17 +196,14 @@ mod tests {
         }))
         .unwrap();
         let want = wanted(&lb, &["10.0.0.1".to_owned()]);
-        assert_eq!(want["ingress"][0]["ip"], "10.0.0.1");
-        assert_eq!(want["ingress"][0]["ports"][0]["port"], 80);
-        assert_eq!(wanted(&lb, &[]), serde_json::json!({}));
+        assert_eq!(want[0]["ip"], "10.0.0.1");
+        assert_eq!(want[0]["ports"][0]["port"], 80);
+        assert!(wanted(&lb, &[]).is_empty());
         let cluster_ip: Service = serde_json::from_value(serde_json::json!({
             "metadata": { "name": "db", "namespace": "default" },
             "spec": { "ports": [{ "port": 5432 }] },
         }))
         .unwrap();
-        assert_eq!(
-            wanted(&cluster_ip, &["10.0.0.1".to_owned()]),
-            serde_json::json!({})
-        );
+        assert!(wanted(&cluster_ip, &["10.0.0.1".to_owned()]).is_empty());
     }
 }

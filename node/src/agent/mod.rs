@@ -214,6 +214,8 @@ pub(crate) struct Shared {
     pub(crate) loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The HTTPS log endpoint's port.
     pub(crate) port: u16,
+    /// The cluster CA (PEM), from `config.ca_file`.
+    pub(crate) ca_pem: Option<String>,
     /// Pod addresses, routes and peers.
     pub(crate) network: network::Network,
     pods: Mutex<HashMap<String, PodEntry>>,
@@ -280,7 +282,10 @@ impl Requests {
 pub struct Agent {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
-    proxy: Option<ServiceProxy>,
+    /// Watches and listeners that run until aborted (the NetworkPolicy
+    /// feed, the Ingress entry points): stopped first on shutdown.
+    feeds: Vec<JoinHandle<()>>,
+    proxy: ServiceProxy,
     /// Keeps this agent in `local_pods` while it lives.
     _deliver: Arc<dyn Deliver>,
 }
@@ -341,16 +346,18 @@ impl Agent {
         // Short names (`hello:v1`) come from the control plane's registry,
         // reached like the API itself: same URL, same CA, the node token.
         let ca_pem = match &config.ca_file {
-            Some(path) => std::fs::read(path)
-                .with_context(|| format!("cannot read the cluster CA {}", path.display()))?,
-            None => Vec::new(),
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the cluster CA {}", path.display()))?,
+            ),
+            None => None,
         };
         let images = Images::new(ImageConfig {
             cache_dir: config.data_dir.join("images"),
             allow_local_files: config.dev_local_images,
             builtin_registry: Some(crate::images::BuiltinRegistry {
                 url: config.server.clone(),
-                ca_pem,
+                ca_pem: ca_pem.clone().unwrap_or_default().into_bytes(),
                 token: config.token.clone(),
             }),
         });
@@ -380,6 +387,7 @@ impl Agent {
             handles: Mutex::new(HashMap::new()),
             loading: Mutex::new(HashMap::new()),
             port,
+            ca_pem,
             network,
             pods: Mutex::new(HashMap::new()),
             retiring: Mutex::new(Vec::new()),
@@ -390,7 +398,7 @@ impl Agent {
         registration
             .register_until_ok(shared.stop.subscribe())
             .await;
-        let mut tasks = vec![
+        let tasks = vec![
             tokio::spawn(server::serve(
                 listener,
                 identity,
@@ -398,28 +406,29 @@ impl Agent {
                 shared.stop.subscribe(),
             )),
             tokio::spawn(registration.heartbeat(shared.stop.subscribe())),
-            tokio::spawn(network::watch_nodes(shared.clone())),
             tokio::spawn(network::run_mesh_if_configured(shared.clone())),
             tokio::spawn(watch_pods(shared.clone())),
         ];
-        tasks.extend(ingress);
-        tasks.extend(crate::overlay::policy::spawn_feed(
+        let mut feeds = ingress;
+        feeds.push(network::watch_nodes(shared.clone()));
+        feeds.extend(crate::overlay::policy::spawn_feed(
             shared.client.clone(),
             shared.network.router.policy().clone(),
         ));
         let deliver: Arc<dyn Deliver> = Arc::new(PodsHere(shared.clone()));
         shared.config.local_pods.register(&deliver);
-        let proxy = Some(ServiceProxy::start(
+        let proxy = ServiceProxy::start(
             shared.client.clone(),
             ProxyConfig {
                 bind: shared.config.node_port_address,
                 router: shared.network.router.clone(),
             },
-        ));
+        );
         tracing::info!(node = %shared.config.name, port, "node agent started");
         Ok(Agent {
             shared,
             tasks,
+            feeds,
             proxy,
             _deliver: deliver,
         })
@@ -451,10 +460,7 @@ impl Agent {
 
     /// The NodePorts this node serves and where each listens.
     pub fn node_ports(&self) -> Vec<(u16, std::net::SocketAddr)> {
-        self.proxy
-            .as_ref()
-            .map(ServiceProxy::node_ports)
-            .unwrap_or_default()
+        self.proxy.node_ports()
     }
 
     /// Every running HTTP container of a pod, by container name.
@@ -473,6 +479,9 @@ impl Agent {
     /// the API as they are, as is the Node.
     pub async fn shutdown(mut self) {
         self.shared.stop.send_replace(true);
+        for feed in self.feeds.drain(..) {
+            feed.abort();
+        }
         let workers: Vec<JoinHandle<()>> = {
             let mut pods = self.shared.pods.lock();
             let mut handles: Vec<_> = pods.drain().map(|(_, e)| e.task).collect();
@@ -492,7 +501,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.shared.stop.send_replace(true);
-        for task in &self.tasks {
+        for task in self.tasks.iter().chain(&self.feeds) {
             task.abort();
         }
         for (_, entry) in self.shared.pods.lock().drain() {

@@ -5,13 +5,12 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::watcher::{self, Event};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use super::Shared;
+use crate::overlay::feed::{Change, watch_into};
 use crate::overlay::ipam::PodIpam;
 use crate::overlay::router::{Peers, Remote, RemoteError, RemoteTarget, Router};
 
@@ -101,54 +100,50 @@ impl Network {
 }
 
 /// Watches every Node: this node's podCIDR, and the mesh endpoint of each.
-pub(crate) async fn watch_nodes(shared: Arc<Shared>) {
+pub(crate) fn watch_nodes(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
     let api: kube::Api<Node> = kube::Api::all(shared.client.clone());
-    let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
-    let mut stop = shared.stop.subscribe();
-    let network = &shared.network;
-    loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            _ = stop.changed() => return,
-        };
-        match event {
-            None => return,
-            Some(Err(error)) => {
-                tracing::debug!(%error, "node watch interrupted; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            Some(Ok(Event::Init)) => network.peers.lock().clear(),
-            Some(Ok(Event::InitDone)) => {}
-            Some(Ok(Event::Apply(node) | Event::InitApply(node))) => {
-                let Some(name) = node.metadata.name.clone() else {
-                    continue;
-                };
-                if name == shared.config.name
-                    && let Some(cidr) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref())
-                {
-                    network.set_cidr(&name, cidr);
-                }
-                let endpoint = node
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(MESH_ANNOTATION))
-                    .and_then(|a| a.parse::<SocketAddr>().ok());
-                let mut peers = network.peers.lock();
-                match endpoint {
-                    Some(addr) => {
-                        peers.insert(name, addr);
-                    }
-                    None => {
-                        peers.remove(&name);
-                    }
-                }
-            }
-            Some(Ok(Event::Delete(node))) => {
+    watch_into(api, "nodes", move |change| {
+        let network = &shared.network;
+        match change {
+            Change::Apply(node) => note_node(&shared, &node),
+            Change::Delete(node) => {
                 if let Some(name) = &node.metadata.name {
                     network.peers.lock().remove(name);
                 }
             }
+            Change::Replace(all) => {
+                network.peers.lock().clear();
+                for node in &all {
+                    note_node(&shared, node);
+                }
+            }
+        }
+    })
+}
+
+/// Takes this node's podCIDR, and any node's mesh endpoint, from `node`.
+fn note_node(shared: &Shared, node: &Node) {
+    let Some(name) = node.metadata.name.clone() else {
+        return;
+    };
+    if name == shared.config.name
+        && let Some(cidr) = node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref())
+    {
+        shared.network.set_cidr(&name, cidr);
+    }
+    let endpoint = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MESH_ANNOTATION))
+        .and_then(|a| a.parse::<SocketAddr>().ok());
+    let mut peers = shared.network.peers.lock();
+    match endpoint {
+        Some(addr) => {
+            peers.insert(name, addr);
+        }
+        None => {
+            peers.remove(&name);
         }
     }
 }
@@ -160,16 +155,9 @@ pub(crate) async fn watch_nodes(shared: Arc<Shared>) {
 pub(crate) async fn run_mesh(shared: Arc<Shared>, bind: SocketAddr) {
     let mut stop = shared.stop.subscribe();
     let config = &shared.config;
-    let Some(ca_file) = &config.ca_file else {
+    let Some(ca_pem) = &shared.ca_pem else {
         tracing::warn!(node = %config.name, "no cluster CA given (--ca-file): the QUIC mesh is off and pods on other nodes are unreachable from here");
         return;
-    };
-    let ca_pem = match std::fs::read_to_string(ca_file) {
-        Ok(pem) => pem,
-        Err(error) => {
-            tracing::warn!(node = %config.name, file = %ca_file.display(), %error, "cannot read the cluster CA: the QUIC mesh is off");
-            return;
-        }
     };
     let dir = config.data_dir.join("pki");
     let mut delay = std::time::Duration::from_secs(1);
@@ -179,7 +167,7 @@ pub(crate) async fn run_mesh(shared: Arc<Shared>, bind: SocketAddr) {
                 shared.client.clone(),
                 &config.name,
                 &dir,
-                &ca_pem,
+                ca_pem,
                 std::time::Duration::from_secs(60),
             )
             .await?;

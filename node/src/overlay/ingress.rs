@@ -52,7 +52,7 @@ use rustls::sign::CertifiedKey;
 use skiff_runtime::ResponseBody;
 use tokio::task::JoinHandle;
 
-use super::policy::{Change, watch_into};
+use super::feed::{Change, watch_into};
 
 /// The ingress class served unless another is given to
 /// [`IngressTable::new_with_class`].
@@ -685,15 +685,10 @@ fn handle(
 }
 
 fn not_found(host: &str, path: &str) -> hyper::Response<ResponseBody> {
-    let mut response = hyper::Response::new(skiff_runtime::body(format!(
-        "no ingress rule for host {host} path {path}\n"
-    )));
-    *response.status_mut() = http::StatusCode::NOT_FOUND;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    skiff_runtime::text_response(
+        http::StatusCode::NOT_FOUND,
+        format_args!("no ingress rule for host {host} path {path}"),
+    )
 }
 
 #[cfg(test)]

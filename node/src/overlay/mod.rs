@@ -5,6 +5,7 @@
 //! [`services`] is the routing table each agent keeps from its watches of
 //! Services and EndpointSlices; [`proxy`] feeds it and serves NodePorts.
 
+pub(crate) mod feed;
 pub mod identity;
 pub mod ingress;
 pub mod ipam;

@@ -49,9 +49,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort,
@@ -59,19 +57,15 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector as K8sSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
-use kube::runtime::watcher::{self, Event};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use skiff_api::selector::LabelSelector;
 use tokio::task::JoinHandle;
 
+use super::feed::{Change, watch_into};
+
 /// The label every namespace carries with its own name.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
-
-/// How long a failed watch waits before the next attempt: long enough not
-/// to spin against an unreachable API server, short enough that a policy
-/// change after a blip is enforced within a couple of seconds.
-const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// A pod, by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -783,56 +777,13 @@ impl PolicyTable {
         }
     }
 
-    fn replace_pods(&mut self, all: &[Pod]) {
+    /// Replaces every pod with `all` (a watch's complete relisting).
+    pub fn replace_pods(&mut self, all: &[Pod]) {
         self.pods.clear();
         for pod in all {
             self.upsert_pod(pod);
         }
     }
-}
-
-/// One change from a watch, as the feeders apply it.
-pub(crate) enum Change<K> {
-    /// Added or modified.
-    Apply(K),
-    /// Deleted.
-    Delete(K),
-    /// A complete (re)listing: everything of this kind is exactly these.
-    Replace(Vec<K>),
-}
-
-/// Watches `api` and hands every change to `apply`. A (re)list is buffered
-/// and handed over whole at its end, so the table never passes through an
-/// empty state (for policies, an empty table would briefly allow
-/// everything). Watch errors are retried after [`WATCH_RETRY`].
-pub(crate) fn watch_into<K>(
-    api: Api<K>,
-    what: &'static str,
-    mut apply: impl FnMut(Change<K>) + Send + 'static,
-) -> JoinHandle<()>
-where
-    K: kube::Resource + Clone + fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
-        let mut listing: Option<Vec<K>> = None;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(Event::Init) => listing = Some(Vec::new()),
-                Ok(Event::InitApply(object)) => match &mut listing {
-                    Some(all) => all.push(object),
-                    None => apply(Change::Apply(object)),
-                },
-                Ok(Event::InitDone) => apply(Change::Replace(listing.take().unwrap_or_default())),
-                Ok(Event::Apply(object)) => apply(Change::Apply(object)),
-                Ok(Event::Delete(object)) => apply(Change::Delete(object)),
-                Err(error) => {
-                    tracing::debug!(%error, what, "watch interrupted; retrying");
-                    tokio::time::sleep(WATCH_RETRY).await;
-                }
-            }
-        }
-    })
 }
 
 fn ns_name(
@@ -844,8 +795,10 @@ fn ns_name(
     ))
 }
 
-/// Keeps `table` current from watches of NetworkPolicies, Namespaces and
-/// Pods in every namespace. The handles run until aborted.
+/// Keeps `table`'s NetworkPolicies and Namespaces current from watches
+/// across the cluster. The handles run until aborted. Pods come from the
+/// Service proxy's pod watch ([`super::proxy`]), which keeps pod
+/// addresses too: one watch of every pod per node, not two.
 pub fn spawn_feed(client: kube::Client, table: Arc<Mutex<PolicyTable>>) -> Vec<JoinHandle<()>> {
     let policies = {
         let table = table.clone();
@@ -885,19 +838,7 @@ pub fn spawn_feed(client: kube::Client, table: Arc<Mutex<PolicyTable>>) -> Vec<J
             },
         )
     };
-    let pods = watch_into(Api::<Pod>::all(client), "pods", move |change| {
-        let mut table = table.lock();
-        match change {
-            Change::Apply(pod) => table.upsert_pod(&pod),
-            Change::Delete(pod) => {
-                if let Some((ns, name)) = ns_name(&pod.metadata) {
-                    table.remove_pod(ns, name);
-                }
-            }
-            Change::Replace(all) => table.replace_pods(&all),
-        }
-    });
-    vec![policies, namespaces, pods]
+    vec![policies, namespaces]
 }
 
 #[cfg(test)]

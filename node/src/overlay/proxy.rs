@@ -12,17 +12,17 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
-use kube::runtime::watcher::{self, Event};
 use parking_lot::Mutex;
 use skiff_runtime::{Component, Sandbox};
 use tokio::task::JoinHandle;
 
+use super::feed::{Change, watch_into};
+use super::policy::PolicyTable;
 use super::router::Router;
-use super::services::ServiceTable;
+use super::services::{ServiceTable, names};
 
 /// Finds the handler of a pod's port among the pods this process runs.
 pub trait Deliver: Send + Sync + 'static {
@@ -65,6 +65,9 @@ impl std::fmt::Debug for ServiceProxy {
     }
 }
 
+/// Services by (namespace, name) → the host ports they open.
+type ExposedPorts = HashMap<(String, String), Vec<u16>>;
+
 /// Settings for [`ServiceProxy::start`].
 #[derive(Clone)]
 pub struct ProxyConfig {
@@ -82,144 +85,108 @@ impl ServiceProxy {
         let table = config.router.table().clone();
         let listeners: Arc<Mutex<HashMap<u16, Listener>>> = Arc::default();
         let local_policy: Arc<Mutex<HashMap<u16, bool>>> = Arc::default();
+        // Services by name → the host ports they open; a change wakes the
+        // task that opens and closes listeners to match.
+        let exposed: Arc<Mutex<ExposedPorts>> = Arc::default();
+        let changed = Arc::new(tokio::sync::Notify::new());
         let services = {
             let table = table.clone();
+            let exposed = exposed.clone();
+            let changed = changed.clone();
+            let local_policy = local_policy.clone();
+            let recorded = exposed.clone();
+            let record = move |svc: &Service| {
+                let Some(key) = names(&svc.metadata) else {
+                    return;
+                };
+                let ports = exposed_ports(svc);
+                let local = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.external_traffic_policy.as_deref())
+                    == Some("Local");
+                let mut local_policy = local_policy.lock();
+                for p in &ports {
+                    local_policy.insert(*p, local);
+                }
+                recorded.lock().insert(key, ports);
+            };
+            watch_into(
+                Api::<Service>::all(client.clone()),
+                "services",
+                move |change| {
+                    match change {
+                        Change::Apply(svc) => {
+                            record(&svc);
+                            table.lock().upsert_service(&svc);
+                        }
+                        Change::Delete(svc) => {
+                            if let Some((ns, name)) = names(&svc.metadata) {
+                                table.lock().remove_service(&ns, &name);
+                                exposed.lock().remove(&(ns, name));
+                            }
+                        }
+                        Change::Replace(all) => {
+                            exposed.lock().clear();
+                            all.iter().for_each(&record);
+                            table.lock().replace_services(&all);
+                        }
+                    }
+                    changed.notify_one();
+                },
+            )
+        };
+        let listening = {
             let listeners = listeners.clone();
             let config = config.clone();
             let local_policy = local_policy.clone();
-            let api: Api<Service> = Api::all(client.clone());
             tokio::spawn(async move {
-                let mut known: HashMap<(String, String), Vec<u16>> = HashMap::new();
-                let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
-                let mut pending: Vec<Service> = Vec::new();
-                while let Some(event) = stream.next().await {
-                    let event = match event {
-                        Ok(event) => event,
-                        Err(error) => {
-                            tracing::debug!(%error, "service watch interrupted; retrying");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                            continue;
-                        }
-                    };
-                    match event {
-                        Event::Apply(svc) | Event::InitApply(svc) => pending.push(svc),
-                        Event::Delete(svc) => {
-                            if let (Some(ns), Some(name)) =
-                                (&svc.metadata.namespace, &svc.metadata.name)
-                            {
-                                table.lock().remove_service(ns, name);
-                                known.remove(&(ns.clone(), name.clone()));
-                            }
-                        }
-                        Event::Init => {
-                            known.clear();
-                            table.lock().clear_services();
-                        }
-                        Event::InitDone => {}
-                    }
-                    for svc in pending.drain(..) {
-                        let Some((ns, name)) = event_kind(&svc) else {
-                            continue;
-                        };
-                        let ports = exposed_ports(&svc);
-                        let local = svc
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.external_traffic_policy.as_deref())
-                            == Some("Local");
-                        for p in &ports {
-                            local_policy.lock().insert(*p, local);
-                        }
-                        known.insert((ns, name), ports);
-                        table.lock().upsert_service(&svc);
-                    }
-                    let wanted: Vec<u16> = known.values().flatten().copied().collect();
+                loop {
+                    changed.notified().await;
+                    let wanted: Vec<u16> = exposed.lock().values().flatten().copied().collect();
                     sync_listeners(&listeners, &wanted, &config, &local_policy).await;
                 }
             })
         };
         let slices = {
             let table = table.clone();
-            let api: Api<EndpointSlice> = Api::all(client.clone());
-            tokio::spawn(async move {
-                let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(Event::Apply(s) | Event::InitApply(s)) => table.lock().upsert_slice(&s),
-                        Ok(Event::Delete(s)) => {
-                            if let (Some(ns), Some(name)) =
-                                (&s.metadata.namespace, &s.metadata.name)
-                            {
-                                table.lock().remove_slice(ns, name);
+            watch_into(
+                Api::<EndpointSlice>::all(client.clone()),
+                "endpointslices",
+                move |change| {
+                    let mut table = table.lock();
+                    match change {
+                        Change::Apply(slice) => table.upsert_slice(&slice),
+                        Change::Delete(slice) => {
+                            if let Some((ns, name)) = names(&slice.metadata) {
+                                table.remove_slice(&ns, &name);
                             }
                         }
-                        Ok(Event::Init | Event::InitDone) => {}
-                        Err(error) => {
-                            tracing::debug!(%error, "endpointslice watch interrupted; retrying");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
+                        Change::Replace(all) => table.replace_slices(&all),
                     }
-                }
-            })
+                },
+            )
         };
         let pods = {
-            let table = table.clone();
-            let api: Api<Pod> = Api::all(client);
-            tokio::spawn(async move {
-                let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
-                let mut ips: HashMap<(String, String), IpAddr> = HashMap::new();
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(Event::Apply(pod) | Event::InitApply(pod)) => {
-                            let Some((ns, name)) = names_of(&pod.metadata) else {
-                                continue;
-                            };
-                            let status = pod.status.as_ref();
-                            let ip = status
-                                .and_then(|s| s.pod_ip.as_deref())
-                                .and_then(|ip| ip.parse::<IpAddr>().ok())
-                                .filter(|_| {
-                                    !matches!(
-                                        status.and_then(|s| s.phase.as_deref()),
-                                        Some("Succeeded" | "Failed")
-                                    )
-                                });
-                            let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-                            let mut table = table.lock();
-                            if let Some(old) = ips.remove(&(ns.clone(), name.clone())) {
-                                table.remove_pod(old);
-                            }
-                            if let Some(ip) = ip {
-                                table.upsert_pod(ip, &ns, &name, node);
-                                ips.insert((ns, name), ip);
-                            }
-                        }
-                        Ok(Event::Delete(pod)) => {
-                            if let Some(key) = names_of(&pod.metadata)
-                                && let Some(old) = ips.remove(&key)
-                            {
-                                table.lock().remove_pod(old);
-                            }
-                        }
-                        Ok(Event::Init) => {
-                            let mut table = table.lock();
-                            for (_, ip) in ips.drain() {
-                                table.remove_pod(ip);
-                            }
-                        }
-                        Ok(Event::InitDone) => {}
-                        Err(error) => {
-                            tracing::debug!(%error, "pod watch interrupted; retrying");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                        }
-                    }
-                }
-            })
+            let mut pods = PodFeed {
+                table: table.clone(),
+                policy: config.router.policy().clone(),
+                ips: HashMap::new(),
+            };
+            watch_into(
+                Api::<Pod>::all(client),
+                "pods",
+                move |change| match change {
+                    Change::Apply(pod) => pods.apply(&pod),
+                    Change::Delete(pod) => pods.delete(&pod),
+                    Change::Replace(all) => pods.replace(&all),
+                },
+            )
         };
         ServiceProxy {
             table,
             listeners,
-            tasks: vec![services, slices, pods],
+            tasks: vec![services, listening, slices, pods],
         }
     }
 
@@ -242,14 +209,64 @@ impl ServiceProxy {
     }
 }
 
-fn event_kind(svc: &Service) -> Option<(String, String)> {
-    names_of(&svc.metadata)
+/// Every pod of the cluster, for two tables: its address in the routing
+/// table (so pods can be dialled by IP) and its labels and ports in the
+/// NetworkPolicy table.
+struct PodFeed {
+    table: Arc<Mutex<ServiceTable>>,
+    policy: Arc<Mutex<PolicyTable>>,
+    /// The address recorded for each pod, to forget it when it changes.
+    ips: HashMap<(String, String), IpAddr>,
 }
 
-fn names_of(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<(String, String)> {
-    Some((meta.namespace.clone()?, meta.name.clone()?))
+impl PodFeed {
+    fn apply(&mut self, pod: &Pod) {
+        self.policy.lock().upsert_pod(pod);
+        let Some((ns, name)) = names(&pod.metadata) else {
+            return;
+        };
+        let status = pod.status.as_ref();
+        let finished = matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
+        let ip = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .filter(|_| !finished);
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        let mut table = self.table.lock();
+        if let Some(old) = self.ips.remove(&(ns.clone(), name.clone())) {
+            table.remove_pod(old);
+        }
+        if let Some(ip) = ip {
+            table.upsert_pod(ip, &ns, &name, node);
+            self.ips.insert((ns, name), ip);
+        }
+    }
+
+    fn delete(&mut self, pod: &Pod) {
+        let Some(key) = names(&pod.metadata) else {
+            return;
+        };
+        self.policy.lock().remove_pod(&key.0, &key.1);
+        if let Some(old) = self.ips.remove(&key) {
+            self.table.lock().remove_pod(old);
+        }
+    }
+
+    fn replace(&mut self, all: &[Pod]) {
+        self.policy.lock().replace_pods(all);
+        {
+            let mut table = self.table.lock();
+            for (_, ip) in self.ips.drain() {
+                table.remove_pod(ip);
+            }
+        }
+        for pod in all {
+            self.apply(pod);
+        }
+    }
 }
 
 /// The host ports a Service opens on every node: the NodePorts of

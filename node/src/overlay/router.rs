@@ -163,7 +163,7 @@ pub struct Denied(pub String);
 
 impl Denied {
     fn into_response(self) -> http::Response<ResponseBody> {
-        text(http::StatusCode::FORBIDDEN, self.0)
+        skiff_runtime::text_response(http::StatusCode::FORBIDDEN, self.0)
     }
 }
 
@@ -430,23 +430,13 @@ where
     })
 }
 
-fn text(status: http::StatusCode, message: String) -> http::Response<ResponseBody> {
-    let mut response = http::Response::new(skiff_runtime::body(format!("{message}\n")));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
 /// A 503 saying why no endpoint could serve.
 pub fn unavailable(message: String) -> http::Response<ResponseBody> {
-    text(http::StatusCode::SERVICE_UNAVAILABLE, message)
+    skiff_runtime::text_response(http::StatusCode::SERVICE_UNAVAILABLE, message)
 }
 
 fn bad_gateway(message: String) -> http::Response<ResponseBody> {
-    text(http::StatusCode::BAD_GATEWAY, message)
+    skiff_runtime::text_response(http::StatusCode::BAD_GATEWAY, message)
 }
 
 /// A pod's outbound HTTP policy: cluster destinations through the

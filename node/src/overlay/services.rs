@@ -200,12 +200,34 @@ impl ServiceTable {
             .map(|p| p.port)
     }
 
-    /// Forgets every Service and slice (a watch restarting lists them
-    /// again); pod addresses stay.
-    pub fn clear_services(&mut self) {
-        self.services.clear();
-        self.by_ip.clear();
-        self.affinity.clear();
+    /// Replaces every Service with `all` (a watch's complete relisting):
+    /// those not in it go with their slices, the others keep theirs.
+    pub fn replace_services(&mut self, all: &[Service]) {
+        let keep: std::collections::HashSet<(String, String)> =
+            all.iter().filter_map(|s| names(&s.metadata)).collect();
+        let gone: Vec<(String, String)> = self
+            .services
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
+        for (namespace, name) in gone {
+            self.remove_service(&namespace, &name);
+        }
+        for service in all {
+            self.upsert_service(service);
+        }
+    }
+
+    /// Replaces every EndpointSlice with `all` (a watch's complete
+    /// relisting); Services stay.
+    pub fn replace_slices(&mut self, all: &[EndpointSlice]) {
+        for entry in self.services.values_mut() {
+            entry.slices.clear();
+        }
+        for slice in all {
+            self.upsert_slice(slice);
+        }
     }
 
     /// Forgets a Service (its slices go with it).
@@ -516,7 +538,8 @@ impl ServiceTable {
     }
 }
 
-fn names(
+/// `namespace/name` of an object (namespace `default` when unset).
+pub(crate) fn names(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<(String, String)> {
     Some((
