@@ -2,10 +2,10 @@
 //! real kubectl and a plain HTTP client; killed with SIGKILL and started
 //! again on the same data directory; refused when started twice.
 //!
-//! The command is the README's (`scripts/up`): the test runs the `skiff`
-//! invocation that script ends with, read from the script itself, with the
-//! extra arguments the README shows (`--nodes 3 --data-dir DIR`), after
-//! the build steps `cargo test` has already done.
+//! The command is the README's: `scripts/up` itself, with the extra
+//! arguments the README shows (`--nodes 3 --data-dir DIR`). Its build step
+//! finds everything built by `cargo test` (the two builds resolve the same
+//! features; see the root Cargo.toml), so it costs seconds.
 
 mod support;
 
@@ -26,8 +26,22 @@ struct Up {
 impl Up {
     fn start(dir: &Path) -> Up {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(script_arguments())
+        check_script();
+        let mut script = Command::new(root.join("scripts/up"));
+        // As from a user's shell: without the variables `cargo test` set for
+        // this test (build scripts such as ring's watch CARGO_MANIFEST_DIR,
+        // and the script's own `cargo build` would rebuild half the tree).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name == "CARGO"
+                || name == "OUT_DIR"
+                || (name.starts_with("CARGO_")
+                    && !USER_CARGO_VARS.iter().any(|v| name.starts_with(v)))
+            {
+                script.env_remove(name.as_ref());
+            }
+        }
+        let mut child = script
             .args(["--api-port", "0", "--nodes", "3", "--data-dir"])
             .arg(dir)
             .current_dir(root)
@@ -44,7 +58,9 @@ impl Up {
                 }
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(180);
+        // The script's `cargo build` normally finds nothing to do; the
+        // margin covers a machine where it has to relink.
+        let deadline = Instant::now() + Duration::from_secs(600);
         let mut ready = false;
         let node_port = loop {
             let line = rx
@@ -60,34 +76,44 @@ impl Up {
     }
 }
 
-/// The arguments `scripts/up` runs `skiff` with (its last line,
-/// `exec target/debug/skiff ARGS "$@"`).
-fn script_arguments() -> Vec<String> {
+/// Cargo's variables a user may have set themselves (kept for the script).
+const USER_CARGO_VARS: &[&str] = &[
+    "CARGO_HOME",
+    "CARGO_TARGET_DIR",
+    "CARGO_INCREMENTAL",
+    "CARGO_BUILD_",
+    "CARGO_PROFILE_",
+    "CARGO_TERM_",
+    "CARGO_NET_",
+    "CARGO_HTTP_",
+    "CARGO_REGISTR",
+];
+
+/// `scripts/up` ends by running the binary `cargo test` built, with the
+/// demo components where this test's build put them; `exec` keeps the pid,
+/// so killing the child stops `skiff up` itself.
+fn check_script() {
     let script =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/up")).unwrap();
     let exec = script
         .lines()
         .find_map(|l| l.trim().strip_prefix("exec target/debug/skiff "))
-        .expect("scripts/up ends by running target/debug/skiff");
-    let args: Vec<String> = exec
-        .split_whitespace()
-        .filter(|a| *a != "\"$@\"")
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(args.first().map(String::as_str), Some("up"), "{exec}");
-    // The guests the script builds are where this test's build put them.
-    let guests = Path::new(skiff_guests::HELLO).parent().unwrap();
-    assert!(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(
-            args.iter()
-                .skip_while(|a| *a != "--demo-dir")
-                .nth(1)
-                .unwrap()
-        ) == guests,
-        "scripts/up's --demo-dir is where the guests are built ({})",
-        guests.display()
+        .expect("scripts/up ends by exec'ing target/debug/skiff");
+    let args: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(args.first(), Some(&"up"), "{exec}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert_eq!(
+        root.join("target/debug/skiff"),
+        Path::new(env!("CARGO_BIN_EXE_skiff")),
+        "scripts/up runs the binary this test was built with"
     );
-    args
+    let guests = Path::new(skiff_guests::HELLO).parent().unwrap();
+    let demo_dir = args.iter().skip_while(|a| **a != "--demo-dir").nth(1);
+    assert_eq!(
+        demo_dir.map(|d| root.join(d)).as_deref(),
+        Some(guests),
+        "scripts/up's --demo-dir is where the guests are built"
+    );
 }
 
 impl Drop for Up {
