@@ -713,9 +713,12 @@ async fn cleanup(ctx: &PodCtx) {
     }
 }
 
-/// Writes the status whenever it changed, coalescing bursts.
+/// Writes the status whenever it changed. A change of phase or of the
+/// Ready condition (what clients and the endpoints controller wait for) is
+/// written at once; other changes are coalesced for `STATUS_COALESCE`.
 async fn status_writer(ctx: Arc<PodCtx>) {
     let mut written: Option<serde_json::Value> = None;
+    let mut written_milestone = None;
     let mut retry = tokio::time::interval(STATUS_RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -723,19 +726,41 @@ async fn status_writer(ctx: Arc<PodCtx>) {
             () = ctx.changed.notified() => {}
             _ = retry.tick() => {}
         }
-        tokio::time::sleep(STATUS_COALESCE).await;
-        let status = ctx.build_status();
+        let mut status = ctx.build_status();
+        if written_milestone.as_ref() == Some(&milestone(&status)) {
+            tokio::time::sleep(STATUS_COALESCE).await;
+            status = ctx.build_status();
+        }
         let value = serde_json::to_value(&status).unwrap_or_default();
-        if written.as_ref() == Some(&value) {
+        // Someone else may have changed what the API holds since our last
+        // write (the node lifecycle controller marks a silent node's pods
+        // not Ready): rewrite then, even if our own view did not change.
+        let held = ctx.pod.borrow().status.as_ref().map(milestone);
+        let overridden = written_milestone.is_some() && held != written_milestone;
+        if written.as_ref() == Some(&value) && !overridden {
             continue;
         }
         match ctx.write_status(&status).await {
-            Ok(()) => written = Some(value),
+            Ok(()) => {
+                written = Some(value);
+                written_milestone = Some(milestone(&status));
+            }
             Err(err) => {
                 tracing::debug!(pod = %ctx.pod_name(), error = %err, "cannot write the pod's status; will retry");
             }
         }
     }
+}
+
+/// The part of a status whose change is written without delay: the phase
+/// and whether the pod is Ready.
+fn milestone(status: &PodStatus) -> (Option<String>, bool) {
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    (status.phase.clone(), ready)
 }
 
 /// Volumes, then init containers in order, then the app containers
