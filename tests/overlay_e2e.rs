@@ -6,10 +6,13 @@
 //! whose pods all sit on other nodes, so every answer crossed the mesh;
 //! the load spreads over every endpoint; a killed node's endpoints leave
 //! the rotation. Egress, NetworkPolicy, LoadBalancer and readiness are
-//! checked on the same kind of cluster.
+//! checked on the same kind of cluster. A third test puts each agent in its
+//! own network namespace (test hosts on a bridge the test creates), cuts
+//! one node's link and repairs it.
 //!
 //! No test here dials a pod or Service address: those are only ever named
 //! inside the guests' own requests, which the agents route in userspace.
+//! The host dials only loopback and the test hosts' own addresses.
 
 mod support;
 
@@ -64,11 +67,18 @@ fn start_cluster(nodes: &Nodes, ingress_port: u16) -> (Server, Vec<Agent>) {
             )
         })
         .collect();
+    wait_nodes(&server, nodes);
+    (server, agents)
+}
+
+/// Waits until every node is Ready, has a podCIDR and advertises its mesh
+/// endpoint on its own address.
+fn wait_nodes(server: &Server, nodes: &[(&str, &str)]) {
     for &(name, ip) in nodes {
         eventually(
             &format!("node {name} Ready with a podCIDR and a mesh endpoint"),
             || {
-                let n = get_json(&server, &["node", name])?;
+                let n = get_json(server, &["node", name])?;
                 let ready = condition(&n, "Ready").is_some_and(|c| c["status"] == "True");
                 let mesh = n["metadata"]["annotations"]["skiff.dev/mesh-endpoint"]
                     .as_str()
@@ -79,7 +89,6 @@ fn start_cluster(nodes: &Nodes, ingress_port: u16) -> (Server, Vec<Agent>) {
             },
         );
     }
-    (server, agents)
 }
 
 /// Ready pods of `selector`: name → (node, podIP).
@@ -542,5 +551,106 @@ spec:
         t["answers"]["Hello from quick!"], 10,
         "only the ready pod answers: {t}"
     );
+    drop(agents);
+}
+
+/// The acceptance across network namespaces: each agent in its own
+/// namespace on its own veth address, the API server on the host's bridge
+/// address. Load spreads over the mesh; cutting one node's link takes its
+/// endpoints out of rotation while the others keep answering; repairing it
+/// brings the node and its endpoints back, over a new or resumed QUIC
+/// connection.
+#[test]
+fn across_network_namespaces_a_cut_link_and_its_repair() {
+    let hosts = support::Hosts::create(3);
+    let server = Server::start_with_args(&[
+        "--bind",
+        &hosts.gateway(),
+        "--node-monitor-grace-secs",
+        "15",
+        // The cut node's pods must outlive the cut, to come back with it.
+        "--pod-eviction-timeout-secs",
+        "600",
+    ]);
+    let names = ["n1", "n2", "n3"];
+    let addresses: Vec<String> = (0..3).map(|i| hosts.address(i)).collect();
+    let nodes: Vec<(&str, &str)> = names
+        .iter()
+        .zip(&addresses)
+        .map(|(n, a)| (*n, a.as_str()))
+        .collect();
+    let agents: Vec<Agent> = (0..3)
+        .map(|i| {
+            let address = &addresses[i];
+            Agent::start_in_netns(
+                &server,
+                &hosts.netns(i),
+                names[i],
+                &[
+                    "--node-ip",
+                    address,
+                    "--node-port-address",
+                    address,
+                    "--mesh-listen",
+                    &format!("{address}:0"),
+                ],
+            )
+        })
+        .collect();
+    wait_nodes(&server, &nodes);
+    for node in ["n2", "n3"] {
+        server.ok(&["label", "node", node, "tier=backend"]);
+    }
+    apply(&server, &hello_and_fanout("default", "backend", "n1"));
+    let hello = wait_ready(&server, "default", "app=hello", 4);
+    wait_ready(&server, "default", "app=fanout", 1);
+    let on: BTreeSet<&str> = hello.values().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(on, BTreeSet::from(["n2", "n3"]), "{hello:?}");
+    let port = node_port(&server, "default", "fanout");
+    let n1 = addresses[0].as_str();
+
+    let all_four = |what: &str| {
+        eventually(what, || {
+            let t = fanout(n1, port, "http://hello", 40)?;
+            (t["ok"] == 40 && t["answers"].as_object().map(|a| a.len()) == Some(4))
+                .then_some(())
+                .ok_or_else(|| t.to_string())
+        })
+    };
+    all_four("fanout on n1 reaches all four hello pods on n2 and n3");
+    // The NodePort answers from the host on every test host's address.
+    for address in &addresses {
+        let t = fanout(address, port, "http://hello", 4).unwrap();
+        assert_eq!(t["ok"], 4, "via {address}: {t}");
+    }
+
+    // Cut n3 off: n3's endpoints leave the rotation (its node goes silent,
+    // its pods are marked not Ready) and n2's pods answer every call.
+    hosts.set_link(2, false);
+    eventually("with n3 cut off, n2 answers every call", || {
+        let t = fanout(n1, port, "http://hello", 20)?;
+        let from_n3 = t["answers"]
+            .as_object()
+            .is_some_and(|a| a.keys().any(|answer| hello_on(&hello, answer, "n3")));
+        (t["ok"] == 20 && !from_n3)
+            .then_some(())
+            .ok_or_else(|| t.to_string())
+    });
+    let n3 = get_json(&server, &["node", "n3"]).unwrap();
+    assert_ne!(
+        condition(&n3, "Ready").map(|c| c["status"].clone()),
+        Some("True".into()),
+        "n3 is cut off: {n3}"
+    );
+    assert!(
+        fanout(&addresses[2], port, "http://hello", 1).is_err(),
+        "n3 cannot be reached from the host while its link is down"
+    );
+
+    // Repair: n3 reports again, its pods are Ready again and take their
+    // share of the calls from n1.
+    hosts.set_link(2, true);
+    wait_nodes(&server, &nodes[2..]);
+    all_four("after the repair, n3's pods answer again");
     drop(agents);
 }

@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A `skiff server` process on a loopback port, stopped (by pid) on drop.
+/// A `skiff server` process on a loopback port (or the address given with
+/// `--bind`), stopped (by pid) on drop.
 pub struct Server {
     child: Child,
     pub dir: tempfile::TempDir,
+    /// The address the API is served on.
+    pub host: String,
     pub port: u16,
     cache: tempfile::TempDir,
     lines: mpsc::Receiver<String>,
@@ -68,17 +71,20 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
-        let port = loop {
+        let (host, port) = loop {
             let line = lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .expect("skiff server printed its ready line");
-            if let Some(rest) = line.split("https://127.0.0.1:").nth(1) {
-                break rest.split(';').next().unwrap().parse::<u16>().unwrap();
+            if let Some(rest) = line.split("API server ready at https://").nth(1) {
+                let addr = rest.split(';').next().unwrap();
+                let (host, port) = addr.rsplit_once(':').unwrap();
+                break (host.to_owned(), port.parse::<u16>().unwrap());
             }
         };
         Server {
             child,
             dir,
+            host,
             port,
             cache: tempfile::tempdir().unwrap(),
             lines,
@@ -231,9 +237,28 @@ impl Agent {
 
     /// Starts `skiff agent --name NAME` with extra arguments.
     pub fn start_named(server: &Server, name: &str, extra: &[&str]) -> Agent {
+        Agent::launch(
+            Command::new(env!("CARGO_BIN_EXE_skiff")),
+            server,
+            name,
+            extra,
+        )
+    }
+
+    /// Starts the agent inside network namespace `netns` (`ip netns exec`
+    /// execs the agent, so the child's pid is the agent's).
+    pub fn start_in_netns(server: &Server, netns: &str, name: &str, extra: &[&str]) -> Agent {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_skiff"));
+        Agent::launch(command, server, name, extra)
+    }
+
+    fn launch(mut command: Command, server: &Server, name: &str, extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let data = server.data_dir();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let mut child = command
             .args(["agent", "--name", name, "--dev-local-images"])
             .args(if extra.contains(&"--node-port-address") {
                 &[][..]
@@ -248,7 +273,7 @@ impl Agent {
             .args(extra)
             .args(["--restart-backoff-ms", "200"])
             .arg("--server")
-            .arg(format!("https://127.0.0.1:{}", server.port))
+            .arg(format!("https://{}:{}", server.host, server.port))
             .arg("--token-file")
             .arg(data.join("node-token"))
             .arg("--ca-file")
@@ -357,13 +382,14 @@ pub fn http_get(port: u16, path: &str) -> Result<String, String> {
     http_get_on("127.0.0.1", port, path)
 }
 
-/// `GET path` on `host:port` (a loopback address: tests dial nothing
-/// else); the whole response as text.
+/// `GET path` on `host:port` (a loopback address or a test host's: tests
+/// dial nothing else); the whole response as text.
 pub fn http_get_on(host: &str, port: u16, path: &str) -> Result<String, String> {
     http_get_as(host, port, "pod", path)
 }
 
-/// `GET path` on `host:port` (loopback) with `Host: virtual_host`.
+/// `GET path` on `host:port` (loopback or a test host) with
+/// `Host: virtual_host`.
 pub fn http_get_as(
     host: &str,
     port: u16,
@@ -371,8 +397,12 @@ pub fn http_get_as(
     path: &str,
 ) -> Result<String, String> {
     let addr: std::net::IpAddr = host.parse().map_err(|e| format!("{host}: {e}"))?;
-    assert!(addr.is_loopback(), "tests dial loopback only, not {addr}");
-    let mut stream = TcpStream::connect((addr, port)).map_err(|e| format!("connect: {e}"))?;
+    assert!(
+        addr.is_loopback() || TEST_HOSTS.lock().unwrap().contains(&addr),
+        "tests dial loopback and their own test hosts only, not {addr}"
+    );
+    let mut stream = TcpStream::connect_timeout(&(addr, port).into(), Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| e.to_string())?;
@@ -411,4 +441,128 @@ pub fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|c| c["type"] == kind)
+}
+
+/// Addresses of test hosts (network namespaces a test created): besides
+/// loopback, the only addresses `http_get_as` dials.
+static TEST_HOSTS: std::sync::Mutex<Vec<std::net::IpAddr>> = std::sync::Mutex::new(Vec::new());
+
+/// Test hosts in network namespaces this test creates: one per node, each
+/// with a veth pair whose host end is enslaved to a bridge on the host; the
+/// bridge carries the host's address (`gateway`, for the API server). The
+/// host reaches the namespaces only over that bridge. Everything is removed
+/// on drop. Needs root and iproute2.
+pub struct Hosts {
+    /// Prefix of every name (interfaces, namespaces), unique per process.
+    tag: String,
+    /// The /24's first three octets.
+    subnet: String,
+    count: usize,
+}
+
+impl Hosts {
+    pub fn create(count: usize) -> Hosts {
+        let pid = std::process::id();
+        let in_use = String::from_utf8(
+            Command::new("ip")
+                .args(["-o", "addr"])
+                .output()
+                .expect("iproute2's `ip` is installed (scripts/test installs it)")
+                .stdout,
+        )
+        .unwrap();
+        let subnet = (0..200)
+            .map(|k| format!("10.233.{}", (pid as usize + k) % 200 + 20))
+            .find(|net| !in_use.contains(&format!(" {net}.")))
+            .expect("a free 10.233.x.0/24");
+        let hosts = Hosts {
+            tag: format!("sk{pid}"),
+            subnet,
+            count,
+        };
+        let bridge = hosts.bridge();
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", hosts.gateway()),
+            "dev",
+            &bridge,
+        ]);
+        ip(&["link", "set", &bridge, "up"]);
+        for i in 0..count {
+            let ns = hosts.netns(i);
+            let veth = hosts.veth(i);
+            ip(&["netns", "add", &ns]);
+            ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ]);
+            ip(&["link", "set", &veth, "master", &bridge, "up"]);
+            let address = format!("{}/24", hosts.address(i));
+            ip(&["-n", &ns, "addr", "add", &address, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            TEST_HOSTS
+                .lock()
+                .unwrap()
+                .push(hosts.address(i).parse().unwrap());
+        }
+        hosts
+    }
+
+    fn bridge(&self) -> String {
+        format!("{}br", self.tag)
+    }
+
+    /// The host's end of node `i`'s link.
+    fn veth(&self, i: usize) -> String {
+        format!("{}v{i}", self.tag)
+    }
+
+    /// Node `i`'s network namespace.
+    pub fn netns(&self, i: usize) -> String {
+        format!("{}n{i}", self.tag)
+    }
+
+    /// The host's address on the bridge.
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.subnet)
+    }
+
+    /// Node `i`'s address, inside its namespace.
+    pub fn address(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, 11 + i)
+    }
+
+    /// Cuts (`up` false) or repairs node `i`'s only link.
+    pub fn set_link(&self, i: usize, up: bool) {
+        ip(&["link", "set", &self.veth(i), if up { "up" } else { "down" }]);
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veth end, and with it the pair.
+        for i in 0..self.count {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns(i)])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge()])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("iproute2's `ip` runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {} (network namespaces need root)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
 }
