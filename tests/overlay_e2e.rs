@@ -416,6 +416,38 @@ spec:
         denied.to_lowercase().contains("denied"),
         "the guest reads a denial: {t}"
     );
+    // An ExternalName Service is its name for the caller, under the same
+    // egress rule: `ext` names the outside host (by address, a valid DNS
+    // subdomain), and is denied too.
+    apply(
+        &server,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ext, namespace: default}
+spec: {type: ExternalName, externalName: 127.0.0.1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: alias, namespace: default}
+spec: {type: ExternalName, externalName: hello.default.svc.cluster.local}
+"#,
+    );
+    // One naming a Service of the cluster is an alias of it (Kubernetes'
+    // DNS answers with a CNAME): routed to its pods, no egress needed.
+    eventually("the ExternalName alias reaches hello", || {
+        let t = fanout(NODES_B[0].1, default_port, "http://alias", 2)?;
+        (t["ok"] == 2).then_some(()).ok_or_else(|| t.to_string())
+    });
+    let ext_url = format!("http://ext:{outside_port}/");
+    let t = eventually("the ExternalName Service is known on n1", || {
+        let t = fanout(NODES_B[0].1, default_port, &ext_url, 1)?;
+        let errors = t["errors"].to_string().to_lowercase();
+        (errors.contains("denied"))
+            .then_some(t.clone())
+            .ok_or_else(|| t.to_string())
+    });
+    assert_eq!(t["ok"], 0, "ExternalName is subject to egress: {t}");
     server.ok(&[
         "patch",
         "deployment",
@@ -431,6 +463,11 @@ spec:
             .then_some(())
             .ok_or_else(|| t.to_string())
     });
+    let t = fanout(NODES_B[0].1, default_port, &ext_url, 1).unwrap();
+    assert_eq!(
+        t["answers"]["outside"], 1,
+        "the ExternalName Service reaches its host once allowed: {t}"
+    );
     drop(served);
     let metrics = server.ok(&["get", "--raw", "/api/v1/nodes/n1/proxy/metrics"]);
     assert!(

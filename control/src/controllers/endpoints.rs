@@ -193,7 +193,17 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
                 match s.sync(&key).await {
                     Ok(()) => s.queue.forget(&key),
                     Err(error) => {
-                        tracing::warn!(namespace = %key.0, service = %key.1, error = %format!("{error:#}"), "cannot sync the service's endpoints; retrying");
+                        // A conflict means our cache was behind our own last
+                        // write: expected, and the retry reads the fresh copy.
+                        let conflict = error
+                            .chain()
+                            .filter_map(|e| e.downcast_ref::<kube::Error>())
+                            .any(|e| is_status(e, 409));
+                        if conflict {
+                            tracing::debug!(namespace = %key.0, service = %key.1, "endpoints changed under us; retrying");
+                        } else {
+                            tracing::warn!(namespace = %key.0, service = %key.1, error = %format!("{error:#}"), "cannot sync the service's endpoints; retrying");
+                        }
                         s.queue.retry(key.clone());
                     }
                 }

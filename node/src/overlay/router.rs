@@ -32,6 +32,21 @@ use super::services::{Destination, Endpoint, InFlight, RouteError, ServiceTable}
 /// the cluster is denied.
 pub const EGRESS_ANNOTATION: &str = "skiff.dev/egress";
 
+/// `uri` with its host replaced by `name` (scheme, port, path and query
+/// kept).
+fn with_host(uri: &http::Uri, name: &str) -> Option<http::Uri> {
+    let authority = match uri.port_u16() {
+        Some(p) => format!("{name}:{p}"),
+        None => name.to_owned(),
+    };
+    http::Uri::builder()
+        .scheme(uri.scheme_str().unwrap_or("http"))
+        .authority(authority)
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .ok()
+}
+
 /// A pod on another node, as the mesh addresses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteTarget {
@@ -544,16 +559,7 @@ impl PodOutbound {
                 }
             }
             Ok((Destination::External(name), _)) => {
-                let authority = match uri.port_u16() {
-                    Some(p) => format!("{name}:{p}"),
-                    None => name.clone(),
-                };
-                let Ok(target) = http::Uri::builder()
-                    .scheme(uri.scheme_str().unwrap_or("http"))
-                    .authority(authority)
-                    .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
-                    .build()
-                else {
+                let Some(target) = with_host(&uri, &name) else {
                     return Err(wasmtime_wasi_http::Error::HttpRequestUriInvalid);
                 };
                 let (mut parts, body) = request.into_parts();

@@ -21,6 +21,20 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 /// The cluster's DNS domain.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
+/// How many `ExternalName` aliases of cluster Services one lookup follows
+/// (a loop of them ends as a call to the last name, outside the cluster).
+const MAX_ALIASES: usize = 4;
+
+/// Whether `name` is a Service's DNS name in this cluster
+/// (`NAME.NS.svc` or `NAME.NS.svc.cluster.local`, a trailing dot allowed).
+fn is_service_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let labels = name.split('.').count();
+    (labels == 3 && name.ends_with(".svc"))
+        || (labels == 3 + CLUSTER_DOMAIN.split('.').count()
+            && name.ends_with(&format!(".svc.{CLUSTER_DOMAIN}")))
+}
+
 /// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const DEFAULT_AFFINITY: Duration = Duration::from_secs(10_800);
 
@@ -379,26 +393,38 @@ impl ServiceTable {
         exclude: &[Endpoint],
         now: Instant,
     ) -> Result<(Destination, Option<InFlight>), RouteError> {
-        let k = match self.service_for(host, from_namespace) {
-            Some(found) => found?,
-            None => {
-                if let Ok(ip) = host.parse::<IpAddr>()
-                    && let Some(pod) = self.pods.get(&ip)
-                {
-                    let endpoint = Endpoint {
-                        port,
-                        ..pod.clone()
-                    };
-                    let guard = self.begin(&endpoint);
-                    return Ok((Destination::Endpoint(endpoint), Some(guard)));
+        let mut host = host.to_owned();
+        let mut aliases = 0;
+        let k = loop {
+            let k = match self.service_for(&host, from_namespace) {
+                Some(found) => found?,
+                None => {
+                    if let Ok(ip) = host.parse::<IpAddr>()
+                        && let Some(pod) = self.pods.get(&ip)
+                    {
+                        let endpoint = Endpoint {
+                            port,
+                            ..pod.clone()
+                        };
+                        let guard = self.begin(&endpoint);
+                        return Ok((Destination::Endpoint(endpoint), Some(guard)));
+                    }
+                    return Ok((Destination::Outside, None));
                 }
-                return Ok((Destination::Outside, None));
+            };
+            let Some(external) = &self.services[&k].external_name else {
+                break k;
+            };
+            // An ExternalName naming a Service of this cluster is an alias
+            // of it (Kubernetes' DNS answers with a CNAME).
+            if aliases < MAX_ALIASES && is_service_name(external) {
+                aliases += 1;
+                host = external.clone();
+                continue;
             }
+            return Ok((Destination::External(external.clone()), None));
         };
         let entry = &self.services[&k];
-        if let Some(external) = &entry.external_name {
-            return Ok((Destination::External(external.clone()), None));
-        }
         let Some(service_port) = entry.ports.iter().find(|p| p.port == port).cloned() else {
             return Err(RouteError::NoSuchPort {
                 namespace: k.0,
@@ -757,6 +783,32 @@ mod tests {
             dest(&mut t, "ext", 443).unwrap(),
             Destination::External("api.example.com".into())
         );
+        // Naming a cluster Service, an ExternalName is an alias of it; a
+        // loop of aliases ends outside after a few hops.
+        for (name, target) in [
+            ("alias", "web.shop.svc.cluster.local."),
+            ("alias2", "alias.shop.svc"),
+            ("loop-a", "loop-b.shop.svc"),
+            ("loop-b", "loop-a.shop.svc"),
+        ] {
+            t.upsert_service(&service(json!({
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"type": "ExternalName", "externalName": target}
+            })));
+        }
+        for host in ["alias", "alias2.shop"] {
+            let d = dest(&mut t, host, 80).unwrap();
+            assert!(
+                matches!(d, Destination::Endpoint(_)),
+                "{host}: {d:?}"
+            );
+        }
+        assert!(matches!(
+            dest(&mut t, "loop-a", 80).unwrap(),
+            Destination::External(name) if name.starts_with("loop-")
+        ));
+        assert!(is_service_name("web.shop.svc") && is_service_name("web.shop.svc.cluster.local."));
+        assert!(!is_service_name("web.svc") && !is_service_name("svc.example.com"));
 
         t.upsert_pod(ip("10.42.0.5"), "shop", "web-1", Some("n1"));
         let d = dest(&mut t, "10.42.0.5", 8080).unwrap();
