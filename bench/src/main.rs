@@ -43,7 +43,8 @@ struct Cli {
 enum Part {
     /// API server creates/s, watch fan-out, control-plane RSS.
     Api,
-    /// HTTP serving against `wasmtime serve`.
+    /// HTTP serving against `wasmtime serve`: `skiff component serve`, a
+    /// NodePort, and a Service call across the QUIC overlay.
     Serve,
     /// Scheduler throughput: the algorithm alone and through the API.
     Scheduler,
@@ -83,13 +84,16 @@ async fn main() -> anyhow::Result<()> {
                 scheduler::end_to_end(&cli.skiff, cli.smoke, &mut report).await?;
             }
             Part::Serve => {
+                let cluster = serve::Cluster::start(&cli.skiff, &cli.hello).await?;
+                let targets = cluster.targets.clone();
                 let (skiff, hello, smoke) = (cli.skiff.clone(), cli.hello.clone(), cli.smoke);
                 // wrk and the servers are processes: run them off the runtime.
                 let mut r = report::Report::default();
                 let r = tokio::task::spawn_blocking(move || {
-                    serve::run(&skiff, &hello, smoke, &mut r).map(|()| r)
+                    serve::run(&skiff, &hello, &targets, smoke, &mut r).map(|()| r)
                 })
                 .await??;
+                drop(cluster);
                 report.merge(r);
             }
             Part::Podstart => podstart::run(&cli.skiff, &cli.hello, cli.smoke, &mut report).await?,

@@ -120,23 +120,31 @@ fn random_node_port() -> u16 {
 /// One GET / to `127.0.0.1:port`: true on a 200 response. Bounded by
 /// `timeout`; any failure (refused, reset, other status) is false.
 pub async fn get_ok(port: u16, timeout: Duration) -> bool {
+    get(port, "/", timeout)
+        .await
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+}
+
+/// One `GET path` to `127.0.0.1:port` (connection closed after it): the
+/// whole response, at most 64 KiB of it. Bounded by `timeout`; None on any
+/// failure.
+pub async fn get(port: u16, path: &str, timeout: Duration) -> Option<String> {
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
             .await?;
-        let mut buf = [0u8; 64];
-        let mut len = 0;
-        while len < 12 {
-            let n = stream.read(&mut buf[len..]).await?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-        }
-        std::io::Result::Ok(buf[..len].starts_with(b"HTTP/1.1 200"))
+        let mut response = Vec::new();
+        (&mut stream)
+            .take(64 * 1024)
+            .read_to_end(&mut response)
+            .await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&response).into_owned())
     };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(true)))
+    tokio::time::timeout(timeout, attempt).await.ok()?.ok()
 }
 
 /// Polls `127.0.0.1:port` every `interval` until a 200, for at most

@@ -1,19 +1,31 @@
 //! HTTP serving: the same component (`examples/hello`) served by
-//! `skiff component serve` and by `wasmtime serve`, loaded by the same
+//! `skiff component serve`, by `wasmtime serve`, and by a `skiff up
+//! --nodes 2` cluster through a NodePort, both straight to a hello pod and
+//! through a `fanout` pod calling a hello Service whose pod is on the other
+//! node (so every request crosses the QUIC overlay); all loaded by the same
 //! generator (wrk) at several concurrencies, in one run. Ratios come from
 //! the same run on the same machine.
 //!
-//! Both servers and wrk share the machine's cores; that is the same for
-//! both and is stated with the figures.
+//! The servers and wrk share the machine's cores; that is the same for
+//! all and is stated with the figures.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
 
-use crate::proc::{Process, free_port, wait_for_port};
+use crate::pods;
+use crate::proc::{Process, SkiffServer, free_port, wait_for_port};
 use crate::report::{Report, table};
+
+const PART: &str = "serve";
 
 /// What wrk measured.
 #[derive(Debug, Clone, Copy, Default)]
@@ -105,8 +117,109 @@ pub fn wasmtime_cli() -> Option<std::path::PathBuf> {
         .then(|| "wasmtime".into())
 }
 
-/// Runs the serving benchmark and adds its section to `report`.
-pub fn run(skiff: &Path, component: &Path, smoke: bool, report: &mut Report) -> anyhow::Result<()> {
+/// A `skiff up --nodes 2` cluster serving `hello` for wrk, kept running
+/// while it is loaded.
+pub struct Cluster {
+    _server: SkiffServer,
+    /// What is measured, and the URL wrk loads.
+    pub targets: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Starts the cluster, deploys `hello` (the component given) and
+    /// `fanout` (beside it, `fanout.wasm`), and waits until both paths
+    /// answer.
+    pub async fn start(skiff: &Path, hello: &Path) -> anyhow::Result<Cluster> {
+        let server = SkiffServer::up(skiff, 2)?;
+        server.push(skiff, hello, "hello:bench")?;
+        server.push(skiff, &hello.with_file_name("fanout.wasm"), "fanout:bench")?;
+        let client = server.client().await?;
+        let deployments: Api<Deployment> = Api::default_namespaced(client.clone());
+        for (name, image, node) in [
+            ("local", "hello:bench", "skiff-node-1"),
+            ("remote", "hello:bench", "skiff-node-2"),
+            ("fanout", "fanout:bench", "skiff-node-1"),
+        ] {
+            let mut deployment = pods::deployment(name, PART, image);
+            if let Some(pod) = deployment
+                .spec
+                .as_mut()
+                .and_then(|s| s.template.spec.as_mut())
+            {
+                pod.node_selector = Some(BTreeMap::from([(
+                    "kubernetes.io/hostname".to_owned(),
+                    node.to_owned(),
+                )]));
+            }
+            deployments
+                .create(&PostParams::default(), &deployment)
+                .await
+                .with_context(|| format!("creating Deployment {name}"))?;
+        }
+        let remote: Service = serde_json::from_value(json!({
+            "metadata": {"name": "remote", "labels": {pods::PART_LABEL: PART}},
+            "spec": {"selector": {"app": "remote"}, "ports": [{"port": 80, "targetPort": 8080}]}
+        }))?;
+        Api::<Service>::default_namespaced(client.clone())
+            .create(&PostParams::default(), &remote)
+            .await?;
+        let local =
+            pods::create_node_port_service(&client, "local", PART, ("app", "local")).await?;
+        let fanout =
+            pods::create_node_port_service(&client, "fanout", PART, ("app", "fanout")).await?;
+        let across = "/?target=http://remote&n=1";
+        // Both answer, and the fanout pod's one call got a 200 from the
+        // remote pod (fanout itself answers 200 either way).
+        wait_for(local, "/", "HTTP/1.1 200").await?;
+        wait_for(fanout, across, "\"ok\":1").await?;
+        Ok(Cluster {
+            _server: server,
+            targets: vec![
+                (
+                    "skiff up: NodePort → hello pod".to_owned(),
+                    format!("http://127.0.0.1:{local}/"),
+                ),
+                (
+                    "skiff up: NodePort → fanout pod → Service → hello pod on the other node (QUIC)"
+                        .to_owned(),
+                    format!("http://127.0.0.1:{fanout}{across}"),
+                ),
+            ],
+        })
+    }
+}
+
+/// Polls `GET path` on NodePort `port` (every 50 ms, at most 2 minutes)
+/// until the response contains `needle`.
+async fn wait_for(port: u16, path: &str, needle: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = pods::get(port, path, Duration::from_secs(5)).await;
+        if last.as_deref().is_some_and(|r| r.contains(needle)) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("127.0.0.1:{port}{path} never answered with {needle:?}; last: {last:?}")
+}
+
+/// Warms `url` up (compile caches, instance pools), then loads it at each
+/// concurrency.
+fn load(url: &str, levels: &[usize], seconds: u64) -> anyhow::Result<Vec<Wrk>> {
+    wrk(url, 4, 1)?;
+    levels.iter().map(|&c| wrk(url, c, seconds)).collect()
+}
+
+/// Runs the serving benchmark, with the `cluster` targets after the two
+/// single servers, and adds its section to `report`.
+pub fn run(
+    skiff: &Path,
+    component: &Path,
+    cluster: &[(String, String)],
+    smoke: bool,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let seconds = if smoke { 1 } else { 10 };
     let levels: &[usize] = if smoke { &[4] } else { &[1, 16, 64, 256] };
     let mut servers: Vec<(&str, Command)> = Vec::new();
@@ -135,14 +248,13 @@ pub fn run(skiff: &Path, component: &Path, smoke: bool, report: &mut Report) -> 
     for ((name, cmd), port) in servers.into_iter().zip([skiff_port, wasmtime_port]) {
         let _process = Process::spawn(name, cmd)?;
         wait_for_port(port, Duration::from_secs(60))?;
-        let url = format!("http://127.0.0.1:{port}/");
-        // Warm up: compile caches, instance pools.
-        wrk(&url, 4, 1)?;
-        let mut per_level = Vec::new();
-        for &c in levels {
-            per_level.push(wrk(&url, c, seconds)?);
-        }
-        results.push((name, per_level));
+        results.push((
+            name,
+            load(&format!("http://127.0.0.1:{port}/"), levels, seconds)?,
+        ));
+    }
+    for (name, url) in cluster {
+        results.push((name, load(url, levels, seconds)?));
     }
     let mut rows = Vec::new();
     for (i, &c) in levels.iter().enumerate() {
@@ -168,7 +280,7 @@ pub fn run(skiff: &Path, component: &Path, smoke: bool, report: &mut Report) -> 
         }
     }
     let mut header = vec!["connections", "server", "req/s", "p50", "p99", "errors"];
-    if results.len() > 1 {
+    if wasmtime.is_some() {
         header.extend(["req/s vs wasmtime", "p99 vs wasmtime"]);
     }
     report.section(
