@@ -153,6 +153,14 @@ pub struct RunArgs {
     kubeconfig: PathBuf,
 }
 
+/// Waiting reasons of a container whose image cannot be pulled.
+const PULL_FAILURES: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+];
+
 /// `skiff run`: a Deployment (and optionally a NodePort Service) of one
 /// component, showing progress until its pods are ready.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -247,18 +255,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     .iter()
                     .flat_map(|s| s.container_statuses.iter().flatten())
             })
-            .filter_map(|c| {
-                let w = c.state.as_ref()?.waiting.as_ref()?;
-                Some(format!(
-                    "{}{}",
-                    w.reason.clone().unwrap_or_default(),
-                    w.message
-                        .as_ref()
-                        .map(|m| format!(": {m}"))
-                        .unwrap_or_default()
-                ))
+            .filter_map(|c| c.state.as_ref()?.waiting.clone())
+            .map(|w| {
+                let reason = w.reason.unwrap_or_default();
+                // An image that cannot be pulled will not fix itself: say
+                // so now rather than after three minutes.
+                if PULL_FAILURES.contains(&reason.as_str()) {
+                    bail!(
+                        "{name} cannot start: {} ({reason}; the Deployment stays, fix it with `kubectl set image` or delete it)",
+                        w.message.as_deref().unwrap_or("the image cannot be pulled")
+                    );
+                }
+                Ok(match w.message {
+                    Some(m) => format!("{reason}: {m}"),
+                    None => reason,
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         waiting.sort();
         waiting.dedup();
         let line = format!(

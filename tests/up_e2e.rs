@@ -273,6 +273,52 @@ fn skiff_up_demo_walkthrough_and_restart() {
         Ok(r) => Err(r),
     });
 
+    // Errors a newcomer hits are one clear sentence: an image that is not
+    // there (at once, not after the wait), a port already taken.
+    let missing = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args([
+            "run",
+            "missing",
+            "--image",
+            "nothing-here:v1",
+            "--kubeconfig",
+        ])
+        .arg(dir.path().join("kubeconfig"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "{said}");
+    assert!(
+        said.contains("missing cannot start") && said.contains("not found"),
+        "{said}"
+    );
+    let api_port = kubectl(
+        dir.path(),
+        &[
+            "config",
+            "view",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+    )
+    .unwrap()
+    .rsplit(':')
+    .next()
+    .unwrap()
+    .to_owned();
+    let other = tempfile::tempdir().unwrap();
+    let taken = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["up", "--api-port", &api_port, "--data-dir"])
+        .arg(other.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&taken.stderr);
+    assert!(!taken.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("port {api_port} is already in use")),
+        "{said}"
+    );
+
     // A second `skiff up` on the same data directory refuses, clearly.
     let second = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["up", "--api-port", "0", "--data-dir"])
@@ -289,6 +335,17 @@ fn skiff_up_demo_walkthrough_and_restart() {
     // SIGKILL, then the same command again: everything comes back.
     let port = up.node_port;
     drop(up);
+    // The kubeconfig now points at a stopped cluster: said plainly.
+    let stopped = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("push")
+        .arg(skiff_guests::ECHO)
+        .args(["echo:v2", "--kubeconfig"])
+        .arg(dir.path().join("kubeconfig"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&stopped.stderr);
+    assert!(!stopped.status.success(), "{said}");
+    assert!(said.contains("is it running"), "{said}");
     let up = Up::start(dir.path());
     assert_eq!(up.node_port, port, "the Service kept its NodePort");
     hello_answers(up.node_port);
