@@ -798,10 +798,7 @@ mod tests {
         }
         for host in ["alias", "alias2.shop"] {
             let d = dest(&mut t, host, 80).unwrap();
-            assert!(
-                matches!(d, Destination::Endpoint(_)),
-                "{host}: {d:?}"
-            );
+            assert!(matches!(d, Destination::Endpoint(_)), "{host}: {d:?}");
         }
         assert!(matches!(
             dest(&mut t, "loop-a", 80).unwrap(),
