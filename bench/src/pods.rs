@@ -184,6 +184,8 @@ pub struct Seen {
 /// recording the instant each is first seen Ready.
 pub struct PodWatch {
     seen: Arc<Mutex<Seen>>,
+    /// Woken after every event, so waits end as soon as they can.
+    changed: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -192,10 +194,11 @@ impl PodWatch {
     pub async fn start(client: &kube::Client, part: &str) -> anyhow::Result<PodWatch> {
         let api: Api<Pod> = Api::default_namespaced(client.clone());
         let seen = Arc::new(Mutex::new(Seen::default()));
+        let changed = Arc::new(tokio::sync::Notify::new());
         let (init_tx, init_rx) = tokio::sync::oneshot::channel();
         let config = watcher::Config::default().labels(&format!("{PART_LABEL}={part}"));
         let task = {
-            let seen = seen.clone();
+            let (seen, changed) = (seen.clone(), changed.clone());
             tokio::spawn(async move {
                 let mut init = Some(init_tx);
                 let mut stream = watcher(api, config).default_backoff().boxed();
@@ -216,13 +219,18 @@ impl PodWatch {
                         }
                         watcher::Event::Init => {}
                     }
+                    changed.notify_waiters();
                 }
             })
         };
         tokio::time::timeout(Duration::from_secs(60), init_rx)
             .await
             .context("the pod watch did not list within a minute")??;
-        Ok(PodWatch { seen, task })
+        Ok(PodWatch {
+            seen,
+            changed,
+            task,
+        })
     }
 
     /// What was seen so far.
@@ -235,6 +243,9 @@ impl PodWatch {
     pub async fn wait_ready(&self, names: &[String], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let missing = {
                 let seen = self.seen();
                 names
@@ -245,7 +256,7 @@ impl PodWatch {
             if missing == 0 || Instant::now() > deadline {
                 return missing;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(20), changed).await;
         }
     }
 

@@ -88,75 +88,17 @@ pub async fn run(
         pods::delete_all(&client, PART).await?;
         watch.wait_gone(Duration::from_secs(60)).await?;
 
-        // Pods created in waves (at most `wave` exist at once: a `skiff
-        // up` node takes 110), `concurrency` create requests in flight.
+        // One at a time (each create waits for the previous pod to be
+        // Ready: the latency of a pod start on an otherwise idle cluster),
+        // then in bursts (`concurrency` creates in flight: the latency
+        // under load, queueing included).
+        for (mode, concurrency) in [("one at a time", 1), ("bursts", sizes.concurrency)] {
+            let row = measure(&client, &watch, &sizes, concurrency).await?;
+            let mut cells = vec![nodes.to_string(), mode.to_string()];
+            cells.extend(row);
+            ready_rows.push(cells);
+        }
         let started = Instant::now();
-        let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let mut created = 0;
-        let mut errors = 0;
-        let mut not_ready = 0;
-        let mut first_error = None;
-        while created < sizes.pods && started.elapsed() < sizes.time_limit {
-            let count = sizes.wave.min(sizes.pods - created);
-            let names: Vec<String> = (created..created + count)
-                .map(|i| format!("p-{i}"))
-                .collect();
-            let (failed, err) = pods::run_all(count, sizes.concurrency, |i| {
-                let (api, sent, name) = (pods_api.clone(), sent.clone(), names[i].clone());
-                async move {
-                    let pod = pods::pod(&name, PART, IMAGE, &[]);
-                    let t = Instant::now();
-                    sent.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name, t);
-                    api.create(&PostParams::default(), &pod).await?;
-                    Ok(())
-                }
-            })
-            .await;
-            errors += failed;
-            if first_error.is_none() {
-                first_error = err;
-            }
-            not_ready += watch.wait_ready(&names, Duration::from_secs(60)).await;
-            pods::delete_all(&client, PART).await?;
-            watch.wait_gone(Duration::from_secs(60)).await?;
-            created += count;
-        }
-        if let Some(e) = first_error {
-            println!("podstart: {errors} creates failed, the first: {e:#}");
-        }
-        let (latencies, to_bound, failed) = {
-            let seen = watch.seen();
-            let sent = sent.lock().unwrap_or_else(|e| e.into_inner());
-            let since = |at: &HashMap<String, Instant>| {
-                Latencies::new(
-                    sent.iter()
-                        .filter_map(|(name, t)| {
-                            at.get(name).map(|at| at.saturating_duration_since(*t))
-                        })
-                        .collect(),
-                )
-            };
-            let ready: HashMap<String, Instant> = seen
-                .ready
-                .iter()
-                .map(|(n, (at, _))| (n.clone(), *at))
-                .collect();
-            let failed = sent.keys().filter(|n| seen.failed.contains_key(*n)).count();
-            (since(&ready), since(&seen.bound), failed)
-        };
-        ready_rows.push(vec![
-            nodes.to_string(),
-            created.to_string(),
-            latencies.len().to_string(),
-            fmt(latencies.percentile(50.0)),
-            fmt(latencies.percentile(90.0)),
-            fmt(latencies.percentile(99.0)),
-            fmt(latencies.percentile(100.0)),
-            fmt(to_bound.percentile(50.0)),
-            format!("{errors} / {failed} / {}", not_ready.saturating_sub(failed)),
-        ]);
 
         // Create → first 200 through a NodePort, one pod at a time, each
         // behind its own Service (whose NodePort is open before the pod
@@ -164,7 +106,7 @@ pub async fn run(
         let mut http = Vec::new();
         let mut http_failed = 0;
         for i in 0..sizes.http_samples {
-            if started.elapsed() > sizes.time_limit * 2 {
+            if started.elapsed() > sizes.time_limit {
                 break;
             }
             let name = format!("s-{i}");
@@ -199,6 +141,7 @@ pub async fn run(
         table(
             &[
                 "nodes",
+                "creates",
                 "pods",
                 "seen Ready",
                 "p50",
@@ -219,6 +162,82 @@ pub async fn run(
         ),
     );
     Ok(())
+}
+
+/// Creates `sizes.pods` pods in waves of `sizes.wave` (each wave deleted
+/// and gone before the next: a `skiff up` node takes 110 pods), with
+/// `concurrency` creates in flight; with one, each create also waits for
+/// the pod before to be Ready. Returns the table cells from "pods" on.
+async fn measure(
+    client: &kube::Client,
+    watch: &PodWatch,
+    sizes: &Sizes,
+    concurrency: usize,
+) -> anyhow::Result<Vec<String>> {
+    let pods_api: Api<Pod> = Api::default_namespaced(client.clone());
+    let started = Instant::now();
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut created = 0;
+    let mut errors = 0;
+    let mut not_ready = 0;
+    let mut first_error = None;
+    let prefix = format!("c{concurrency}-");
+    while created < sizes.pods && started.elapsed() < sizes.time_limit {
+        let count = sizes.wave.min(sizes.pods - created);
+        let names: Vec<String> = (created..created + count)
+            .map(|i| format!("{prefix}{i}"))
+            .collect();
+        let times: Arc<Mutex<Vec<(usize, Instant)>>> = Arc::default();
+        let (failed, err) = pods::run_all(count, concurrency, |i| {
+            let (api, times, name) = (pods_api.clone(), times.clone(), names[i].clone());
+            async move {
+                let pod = pods::pod(&name, PART, IMAGE, &[]);
+                let t = Instant::now();
+                times.lock().unwrap_or_else(|e| e.into_inner()).push((i, t));
+                api.create(&PostParams::default(), &pod).await?;
+                if concurrency == 1 {
+                    watch.wait_ready(&[name], Duration::from_secs(30)).await;
+                }
+                Ok(())
+            }
+        })
+        .await;
+        for (i, t) in times.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            sent.insert(names[i].clone(), t);
+        }
+        errors += failed;
+        if first_error.is_none() {
+            first_error = err;
+        }
+        not_ready += watch.wait_ready(&names, Duration::from_secs(60)).await;
+        pods::delete_all(client, PART).await?;
+        watch.wait_gone(Duration::from_secs(60)).await?;
+        created += count;
+    }
+    if let Some(e) = first_error {
+        println!("podstart: {errors} creates failed, the first: {e:#}");
+    }
+    let seen = watch.seen();
+    let since = |at: &dyn Fn(&str) -> Option<Instant>| {
+        Latencies::new(
+            sent.iter()
+                .filter_map(|(name, t)| at(name).map(|at| at.saturating_duration_since(*t)))
+                .collect(),
+        )
+    };
+    let ready = since(&|n| seen.ready.get(n).map(|(at, _)| *at));
+    let bound = since(&|n| seen.bound.get(n).copied());
+    let failed = sent.keys().filter(|n| seen.failed.contains_key(*n)).count();
+    Ok(vec![
+        created.to_string(),
+        ready.len().to_string(),
+        fmt(ready.percentile(50.0)),
+        fmt(ready.percentile(90.0)),
+        fmt(ready.percentile(99.0)),
+        fmt(ready.percentile(100.0)),
+        fmt(bound.percentile(50.0)),
+        format!("{errors} / {failed} / {}", not_ready.saturating_sub(failed)),
+    ])
 }
 
 /// Waits until something accepts connections on 127.0.0.1:`port`.

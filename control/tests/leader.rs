@@ -111,7 +111,14 @@ async fn one_leader_and_a_standby_takes_over() {
     // the standby must take over once the lease has expired.
     leader.task.abort();
     let _ = leader.task.await;
-    assert_eq!(leader.running.load(Ordering::SeqCst), 0);
+    // The work runs in a task of its own, aborted when the election is
+    // dropped: it stops as soon as the runtime gets to it.
+    eventually(
+        Duration::from_secs(2),
+        "the old leader's work to stop",
+        || async { (leader.running.load(Ordering::SeqCst) == 0).then_some(()) },
+    )
+    .await;
     let killed_at = tokio::time::Instant::now();
     eventually(Duration::from_secs(10), "the standby to lead", || async {
         (standby.running.load(Ordering::SeqCst) == 1).then_some(())

@@ -421,6 +421,12 @@ async fn a_corrupt_cache_entry_is_pulled_again() {
         let cache = tempfile::tempdir().unwrap();
         let images = images(cache.path());
         let pulled = images.pull(&image, PullPolicy::IfNotPresent).await.unwrap();
+        // Hashed once and found intact: the next pull trusts the unchanged
+        // file, but not one changed since.
+        let cached = images.pull(&image, PullPolicy::Never).await.unwrap();
+        assert_eq!(cached.path, pulled.path);
+        let cached = images.pull(&image, PullPolicy::Never).await.unwrap();
+        assert_eq!(cached.path, pulled.path);
         std::fs::write(&pulled.path, b"garbage").unwrap();
 
         let again = images.pull(&image, PullPolicy::IfNotPresent).await.unwrap();

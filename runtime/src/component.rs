@@ -175,6 +175,14 @@ impl Runtime {
         Ok((component, origin))
     }
 
+    /// The component whose bytes hash to `digest` (SHA-256, hex, with or
+    /// without a `sha256:` prefix), if this process has it loaded: no
+    /// bytes to read or hash.
+    pub fn loaded(&self, digest: &str) -> Option<Component> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.inner.loaded.lock().get(hex).cloned()
+    }
+
     /// Forgets a loaded component (its compiled artifact stays on disk).
     pub fn unload(&self, digest: &str) {
         self.inner.loaded.lock().remove(digest);

@@ -42,6 +42,9 @@ const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
 /// How many Services are synced at once (Kubernetes' default
 /// `--concurrent-endpoint-syncs`).
 const WORKERS: usize = 5;
+/// After a write conflict, when the Service is synced again even if no
+/// watch event brought the newer object.
+const CONFLICT_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Key = (String, String);
 
@@ -200,11 +203,19 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
                             .filter_map(|e| e.downcast_ref::<kube::Error>())
                             .any(|e| is_status(e, 409));
                         if conflict {
-                            tracing::debug!(namespace = %key.0, service = %key.1, "endpoints changed under us; retrying");
+                            // The newer object is on its way through our
+                            // watches, and its event queues the Service
+                            // again: no backoff to wait out (it would delay
+                            // every endpoint change behind a stale cache by
+                            // 100 ms). The late retry only guards against
+                            // a lost event.
+                            tracing::debug!(namespace = %key.0, service = %key.1, "endpoints changed under us; syncing again when the watch catches up");
+                            s.queue.forget(&key);
+                            s.queue.add_after(key.clone(), CONFLICT_RECHECK);
                         } else {
                             tracing::warn!(namespace = %key.0, service = %key.1, error = %format!("{error:#}"), "cannot sync the service's endpoints; retrying");
+                            s.queue.retry(key.clone());
                         }
-                        s.queue.retry(key.clone());
                     }
                 }
                 s.queue.done(&key);

@@ -138,6 +138,8 @@ struct PodCtx {
     pod: watch::Receiver<Pod>,
     state: Mutex<PodState>,
     changed: Notify,
+    /// The pod as our last status write left it.
+    written: Mutex<Option<Pod>>,
     stop: watch::Sender<Stop>,
     volumes: Mutex<HashMap<String, VolumeDir>>,
     /// The pod's address in the overlay, once assigned.
@@ -215,6 +217,7 @@ impl PodCtx {
             pod: rx,
             state: Mutex::new(state),
             changed: Notify::new(),
+            written: Mutex::new(None),
             stop: watch::channel(Stop::Run).0,
             volumes: Mutex::new(HashMap::new()),
             ip: Mutex::new(None),
@@ -299,6 +302,9 @@ impl PodCtx {
             .pull(&image, policy)
             .await
             .map_err(|e| (e.reason().to_owned(), e.to_string()))?;
+        if let Some(component) = self.shared.runtime.loaded(&pulled.digest) {
+            return Ok((component, pulled.digest));
+        }
         let lock = self
             .shared
             .loading
@@ -307,6 +313,10 @@ impl PodCtx {
             .or_default()
             .clone();
         let _loading = lock.lock().await;
+        // Another pod may have loaded it while this one waited.
+        if let Some(component) = self.shared.runtime.loaded(&pulled.digest) {
+            return Ok((component, pulled.digest));
+        }
         let runtime = self.shared.runtime.clone();
         let path = pulled.path.clone();
         let loaded = tokio::task::spawn_blocking(move || {
@@ -482,8 +492,25 @@ impl PodCtx {
     /// Writes `status` to `pods/NAME/status`, re-reading the pod and
     /// retrying on a conflict. A pod that is gone is not an error.
     async fn write_status(&self, status: &PodStatus) -> Result<(), kube::Error> {
-        let pod = self.pod.borrow().clone();
-        replace_status(&self.shared.client, pod, &self.uid, status.clone()).await
+        // Our own last write may be newer than what the watch delivered
+        // so far: start from it then, rather than from a stale copy that
+        // would cost a conflict and a read.
+        let watched = self.pod.borrow().clone();
+        let pod = match self.written.lock().clone() {
+            Some(ours) if newer(&ours, &watched) => ours,
+            _ => watched,
+        };
+        let written = replace_status(&self.shared.client, pod, &self.uid, status.clone()).await?;
+        *self.written.lock() = written;
+        Ok(())
+    }
+
+    /// Whether the watch has not yet delivered our own last status write.
+    fn watch_behind(&self) -> bool {
+        let written = self.written.lock();
+        written
+            .as_ref()
+            .is_some_and(|ours| newer(ours, &self.pod.borrow()))
     }
 
     /// Refreshes ConfigMap and Secret volumes; evicts the pod if an
@@ -525,34 +552,43 @@ impl PodCtx {
     }
 }
 
+/// Whether `a` is a later version of the object than `b`, by their
+/// resourceVersions (decimal revisions here, as etcd's are); `false` when
+/// either is not a number.
+fn newer(a: &Pod, b: &Pod) -> bool {
+    let revision = |p: &Pod| p.metadata.resource_version.as_deref()?.parse::<u64>().ok();
+    matches!((revision(a), revision(b)), (Some(a), Some(b)) if a > b)
+}
+
 /// Replaces a pod's status with optimistic concurrency: on a conflict the
-/// pod is read again and the write retried (a few times).
+/// pod is read again and the write retried (a few times). Returns the pod
+/// as written (`None` when it is gone or another pod took its name).
 async fn replace_status(
     client: &kube::Client,
     mut pod: Pod,
     uid: &str,
     status: PodStatus,
-) -> Result<(), kube::Error> {
+) -> Result<Option<Pod>, kube::Error> {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let mut attempts = 0;
     loop {
         if pod.metadata.uid.as_deref() != Some(uid) {
-            return Ok(());
+            return Ok(None);
         }
         pod.status = Some(status.clone());
         match api
             .replace_status(&name, &PostParams::default(), &pod)
             .await
         {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+            Ok(written) => return Ok(Some(written)),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
             Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => {
                 attempts += 1;
                 match api.get_opt(&name).await? {
                     Some(fresh) => pod = fresh,
-                    None => return Ok(()),
+                    None => return Ok(None),
                 }
             }
             Err(err) => return Err(err),
@@ -728,15 +764,30 @@ async fn status_writer(ctx: Arc<PodCtx>) {
         }
         let mut status = ctx.build_status();
         if written_milestone.as_ref() == Some(&milestone(&status)) {
-            tokio::time::sleep(STATUS_COALESCE).await;
+            // Coalesce minor changes, but a milestone reached meanwhile
+            // (the container that was starting is now Ready) ends the
+            // wait at once.
+            let deadline = tokio::time::Instant::now() + STATUS_COALESCE;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = ctx.changed.notified() => {}
+                }
+                status = ctx.build_status();
+                if written_milestone.as_ref() != Some(&milestone(&status)) {
+                    break;
+                }
+            }
             status = ctx.build_status();
         }
         let value = serde_json::to_value(&status).unwrap_or_default();
         // Someone else may have changed what the API holds since our last
         // write (the node lifecycle controller marks a silent node's pods
         // not Ready): rewrite then, even if our own view did not change.
+        // (A watch still behind our own write is not someone else's.)
         let held = ctx.pod.borrow().status.as_ref().map(milestone);
-        let overridden = written_milestone.is_some() && held != written_milestone;
+        let overridden =
+            written_milestone.is_some() && held != written_milestone && !ctx.watch_behind();
         if written.as_ref() == Some(&value) && !overridden {
             continue;
         }
@@ -775,12 +826,14 @@ async fn run_containers(ctx: Arc<PodCtx>) {
     if !assign_address(&ctx).await {
         return;
     }
+    tracing::debug!(pod = %ctx.pod_name(), "address assigned");
     loop {
         let mut sources = Sources::new(ctx.shared.client.clone(), &ctx.namespace);
         let volumes = ctx.spec.volumes.clone().unwrap_or_default();
         match config::prepare_volumes(&mut sources, &ctx.namespace, &volumes, &roots).await {
             Ok(volumes) => {
                 *ctx.volumes.lock() = volumes;
+                tracing::debug!(pod = %ctx.pod_name(), "volumes ready");
                 break;
             }
             Err(message) => {
@@ -950,6 +1003,7 @@ async fn container_loop(ctx: &Arc<PodCtx>, kind: Kind, index: usize) -> Outcome 
                 continue;
             }
         };
+        tracing::debug!(pod = %ctx.pod_name(), container = %container.name, "component loaded");
         let sandbox = match ctx.sandbox(&container).await {
             Ok(sandbox) => sandbox,
             Err(message) => {
@@ -1231,5 +1285,26 @@ mod tests {
         assert_eq!(state.phase(), "Running", "one container still to restart");
         state.failed = Some(("Evicted".into(), "too big".into()));
         assert_eq!(state.phase(), "Failed");
+    }
+
+    #[test]
+    fn newer_compares_revisions_as_numbers() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let at = |rv: Option<&str>| Pod {
+            metadata: ObjectMeta {
+                resource_version: rv.map(str::to_owned),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        };
+        assert!(
+            newer(&at(Some("10")), &at(Some("9"))),
+            "not compared as text"
+        );
+        assert!(!newer(&at(Some("9")), &at(Some("10"))));
+        assert!(!newer(&at(Some("7")), &at(Some("7"))));
+        assert!(!newer(&at(Some("opaque")), &at(Some("7"))));
+        assert!(!newer(&at(None), &at(Some("7"))));
+        assert!(!newer(&at(Some("7")), &at(None)));
     }
 }

@@ -7,10 +7,11 @@
 //! - `tmp/`: downloads in progress, renamed into place once verified.
 //!
 //! Every file is written to a temporary name and renamed, so a crash leaves
-//! either the old file or the new one. A component is re-hashed before it
-//! is handed out: a corrupt file is deleted and counts as absent.
+//! either the old file or the new one. A component is hashed before it is
+//! first handed out, and again whenever its size or modification time has
+//! changed since: a corrupt file is deleted and counts as absent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -56,6 +57,10 @@ pub(super) struct Cache {
     /// across the write of `refs.json` so writers do not reorder.
     index: tokio::sync::Mutex<Option<Index>>,
     counter: AtomicU64,
+    /// Digests whose file this process has hashed and found intact, with
+    /// the file's size and modification time then: a pod start does not
+    /// hash megabytes again unless the file has changed since.
+    intact: parking_lot::Mutex<HashMap<String, Stamp>>,
 }
 
 impl Cache {
@@ -64,6 +69,7 @@ impl Cache {
             dir,
             index: tokio::sync::Mutex::new(None),
             counter: AtomicU64::new(0),
+            intact: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -154,9 +160,23 @@ impl Cache {
     }
 
     /// The cached component with `digest`, if present and intact. A file
-    /// whose bytes do not hash to its name is removed.
+    /// whose bytes do not hash to its name is removed. A file is hashed
+    /// once, and again only if its size or modification time changed.
     pub(super) async fn verified(&self, digest: &str) -> std::io::Result<Option<PathBuf>> {
         let path = self.component_path(digest);
+        let stamp = match tokio::fs::metadata(&path).await {
+            Ok(meta) => Stamp::of(&meta),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                self.intact.lock().remove(digest);
+                return Ok(None);
+            }
+            Err(err) => return Err(err),
+        };
+        if stamp.is_some() && self.intact.lock().get(digest) == stamp.as_ref() {
+            return Ok(Some(path));
+        }
+        // The stamp is taken before hashing: a change during the hash
+        // shows as a different stamp next time.
         let hashed = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || sha256_file(&path))
@@ -164,8 +184,14 @@ impl Cache {
                 .map_err(std::io::Error::other)?
         };
         match hashed {
-            Ok(actual) if actual == digest => Ok(Some(path)),
+            Ok(actual) if actual == digest => {
+                if let Some(stamp) = stamp {
+                    self.intact.lock().insert(actual, stamp);
+                }
+                Ok(Some(path))
+            }
             Ok(actual) => {
+                self.intact.lock().remove(digest);
                 tracing::warn!(path = %path.display(), expected = digest, %actual, "cached component is corrupt; pulling it again");
                 match tokio::fs::remove_file(&path).await {
                     Ok(()) => Ok(None),
@@ -231,6 +257,23 @@ impl Cache {
 }
 
 /// `sha256:<hex>` of a file's bytes.
+/// What identifies a version of a file without reading it: its size and
+/// modification time (`None` where the platform has no mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Option<Stamp> {
+        Some(Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+        })
+    }
+}
+
 pub(super) fn sha256_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
