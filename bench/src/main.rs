@@ -39,7 +39,7 @@ struct Cli {
     out: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
     /// API server creates/s, watch fan-out, control-plane RSS.
     Api,
@@ -76,36 +76,52 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut report = report::Report::default();
     println!("machine: {}", proc::machine());
+    // A part that fails is reported and the others still run: figures
+    // already measured are appended either way.
+    let mut failed = Vec::new();
     for part in parts {
-        match part {
-            Part::Api => api::run(&cli.skiff, &api::Sizes::new(cli.smoke), &mut report).await?,
-            Part::Scheduler => {
-                scheduler::algorithm(cli.smoke, &mut report)?;
-                scheduler::end_to_end(&cli.skiff, cli.smoke, &mut report).await?;
-            }
-            Part::Serve => {
-                let cluster = serve::Cluster::start(&cli.skiff, &cli.hello).await?;
-                let targets = cluster.targets.clone();
-                let (skiff, hello, smoke) = (cli.skiff.clone(), cli.hello.clone(), cli.smoke);
-                // wrk and the servers are processes: run them off the runtime.
-                let mut r = report::Report::default();
-                let r = tokio::task::spawn_blocking(move || {
-                    serve::run(&skiff, &hello, &targets, smoke, &mut r).map(|()| r)
-                })
-                .await??;
-                drop(cluster);
-                report.merge(r);
-            }
-            Part::Podstart => podstart::run(&cli.skiff, &cli.hello, cli.smoke, &mut report).await?,
-            Part::Density => density::run(&cli.skiff, &cli.hello, cli.smoke, &mut report).await?,
-            Part::Coldstart => {
-                coldstart::run(&cli.skiff, &cli.hello, cli.smoke, &mut report).await?;
-            }
+        if let Err(err) = run_part(&cli, part, &mut report).await {
+            eprintln!("bench {part:?} failed: {err:#}");
+            report.section(
+                &format!("{part:?}: failed"),
+                format!("The part did not finish: {err:#}\n"),
+            );
+            failed.push(format!("{part:?}"));
         }
     }
     if let Some(out) = &cli.out {
         report.append(out, if cli.smoke { "smoke mode" } else { "full mode" })?;
         println!("appended to {}", out.display());
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("parts failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+async fn run_part(cli: &Cli, part: Part, report: &mut report::Report) -> anyhow::Result<()> {
+    match part {
+        Part::Api => api::run(&cli.skiff, &api::Sizes::new(cli.smoke), report).await?,
+        Part::Scheduler => {
+            scheduler::algorithm(cli.smoke, report)?;
+            scheduler::end_to_end(&cli.skiff, cli.smoke, report).await?;
+        }
+        Part::Serve => {
+            let cluster = serve::Cluster::start(&cli.skiff, &cli.hello).await?;
+            let targets = cluster.targets.clone();
+            let (skiff, hello, smoke) = (cli.skiff.clone(), cli.hello.clone(), cli.smoke);
+            // wrk and the servers are processes: run them off the runtime.
+            let mut r = report::Report::default();
+            let r = tokio::task::spawn_blocking(move || {
+                serve::run(&skiff, &hello, &targets, smoke, &mut r).map(|()| r)
+            })
+            .await??;
+            drop(cluster);
+            report.merge(r);
+        }
+        Part::Podstart => podstart::run(&cli.skiff, &cli.hello, cli.smoke, report).await?,
+        Part::Density => density::run(&cli.skiff, &cli.hello, cli.smoke, report).await?,
+        Part::Coldstart => coldstart::run(&cli.skiff, &cli.hello, cli.smoke, report).await?,
     }
     Ok(())
 }

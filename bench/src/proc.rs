@@ -54,6 +54,29 @@ impl Process {
         }
     }
 
+    /// Waits until something accepts connections on 127.0.0.1:`port`;
+    /// fails at once, with its exit status, if the process exits first
+    /// (its stderr is the harness's).
+    pub fn wait_for_port(&mut self, port: u16, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before listening on 127.0.0.1:{port}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "{} does not listen on 127.0.0.1:{port} after {timeout:?}",
+            self.name
+        )
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -92,17 +115,6 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Waits until something accepts TCP connections on `127.0.0.1:port`.
-pub fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
-}
-
 /// A `skiff server` (or a whole `skiff up` cluster) on a free loopback
 /// port over a fresh data directory.
 pub struct SkiffServer {

@@ -22,7 +22,7 @@ use kube::api::PostParams;
 use serde_json::json;
 
 use crate::pods;
-use crate::proc::{Process, SkiffServer, free_port, wait_for_port};
+use crate::proc::{Process, SkiffServer, free_port};
 use crate::report::{Report, table};
 
 const PART: &str = "serve";
@@ -238,16 +238,24 @@ pub fn run(
     let wasmtime_port = free_port()?;
     if let Some(bin) = &wasmtime {
         let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--addr", &format!("127.0.0.1:{wasmtime_port}")])
-            .arg(component);
+        // `-Scli`: the component imports wasi:cli (as every Rust guest
+        // does), which skiff links too; `wasmtime serve` does not unless
+        // asked.
+        cmd.args([
+            "serve",
+            "-Scli",
+            "--addr",
+            &format!("127.0.0.1:{wasmtime_port}"),
+        ])
+        .arg(component);
         servers.push(("wasmtime serve 48", cmd));
     } else if !smoke {
         bail!("wasmtime 48 is not installed: bench/run installs it into bench/.tools");
     }
     let mut results: Vec<(&str, Vec<Wrk>)> = Vec::new();
     for ((name, cmd), port) in servers.into_iter().zip([skiff_port, wasmtime_port]) {
-        let _process = Process::spawn(name, cmd)?;
-        wait_for_port(port, Duration::from_secs(60))?;
+        let mut process = Process::spawn(name, cmd)?;
+        process.wait_for_port(port, Duration::from_secs(60))?;
         results.push((
             name,
             load(&format!("http://127.0.0.1:{port}/"), levels, seconds)?,

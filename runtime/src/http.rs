@@ -219,6 +219,10 @@ where
             },
             () = &mut shutdown => break,
         };
+        // Responses are written head first, then the body as the guest
+        // produces it: without TCP_NODELAY, Nagle holds the body back
+        // until the client's delayed ACK (40 ms).
+        let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {

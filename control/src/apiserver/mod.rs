@@ -297,6 +297,9 @@ async fn serve(
             },
             _ = &mut stopped => break,
         };
+        // Watch events and chunked lists go out as they are written, not
+        // after the client's delayed ACK.
+        let _ = stream.set_nodelay(true);
         let tls = tls.clone();
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();

@@ -130,6 +130,8 @@ pub(crate) async fn serve(
             },
             _ = stop.changed() => return,
         };
+        // Streamed logs: each line as soon as it is written.
+        let _ = tcp.set_nodelay(true);
         let (tls, shared, stop) = (tls.clone(), shared.clone(), stop.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {

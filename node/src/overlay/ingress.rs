@@ -610,6 +610,8 @@ pub async fn serve(
                 continue;
             }
         };
+        // As in skiff_runtime::serve_with: no Nagle delay on the body.
+        let _ = tcp.set_nodelay(true);
         while connections.try_join_next().is_some() {}
         let (acceptor, handler) = (acceptor.clone(), handler.clone());
         connections.spawn(async move {
