@@ -10,7 +10,7 @@
 //! - *backoff*: waiting out a backoff before going back to active.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,11 @@ pub struct Queue {
     entries: HashMap<String, Entry>,
     active: BTreeSet<((Reverse<i32>, u64), String)>,
     timers: BTreeSet<(Instant, String)>,
+    /// Uids in state Unschedulable, and in state InFlight: what
+    /// [`Queue::move_all`] visits, without walking every queued pod on
+    /// each cluster change.
+    unschedulable: HashSet<String>,
+    in_flight: HashSet<String>,
     seq: u64,
 }
 
@@ -110,10 +115,32 @@ impl Queue {
         }
     }
 
+    /// Sets a queued pod's state, keeping the state indexes in step.
+    fn set_state(&mut self, uid: &str, state: State) {
+        let Some(entry) = self.entries.get_mut(uid) else {
+            return;
+        };
+        entry.state = state;
+        match state {
+            State::Unschedulable { .. } => {
+                self.unschedulable.insert(uid.to_owned());
+                self.in_flight.remove(uid);
+            }
+            State::InFlight { .. } => {
+                self.in_flight.insert(uid.to_owned());
+                self.unschedulable.remove(uid);
+            }
+            State::Active | State::Backoff => {
+                self.unschedulable.remove(uid);
+                self.in_flight.remove(uid);
+            }
+        }
+    }
+
     fn activate(&mut self, uid: &str) {
         self.set_timer(uid, None);
-        if let Some(entry) = self.entries.get_mut(uid) {
-            entry.state = State::Active;
+        self.set_state(uid, State::Active);
+        if let Some(entry) = self.entries.get(uid) {
             self.active.insert((entry.order, uid.to_owned()));
         }
     }
@@ -142,7 +169,9 @@ impl Queue {
         let changed = spec_changed(&entry.pod, &pod);
         entry.pod = pod;
         match entry.state {
-            State::InFlight { .. } if changed => entry.state = State::InFlight { moved: true },
+            State::InFlight { .. } if changed => {
+                self.set_state(uid, State::InFlight { moved: true })
+            }
             State::Unschedulable { backoff_until } if changed => {
                 self.retry_after(uid, backoff_until, now);
             }
@@ -154,9 +183,7 @@ impl Queue {
         if backoff_until <= now {
             self.activate(uid);
         } else {
-            if let Some(entry) = self.entries.get_mut(uid) {
-                entry.state = State::Backoff;
-            }
+            self.set_state(uid, State::Backoff);
             self.set_timer(uid, Some(backoff_until));
         }
     }
@@ -164,6 +191,7 @@ impl Queue {
     /// Forgets a pod (deleted, bound elsewhere, no longer ours).
     pub fn remove(&mut self, uid: &str) {
         self.set_timer(uid, None);
+        self.set_state(uid, State::Backoff);
         if let Some(entry) = self.entries.remove(uid) {
             self.active.remove(&(entry.order, uid.to_owned()));
         }
@@ -173,9 +201,9 @@ impl Queue {
     /// [`Queue::remove`], [`Queue::unschedulable`] or [`Queue::error`].
     pub fn pop(&mut self) -> Option<(String, Arc<Pod>)> {
         let (_, uid) = self.active.pop_first()?;
-        let entry = self.entries.get_mut(&uid)?;
-        entry.state = State::InFlight { moved: false };
-        Some((uid, entry.pod.clone()))
+        self.set_state(&uid, State::InFlight { moved: false });
+        let pod = self.entries.get(&uid)?.pod.clone();
+        Some((uid, pod))
     }
 
     /// Records that no node fitted the in-flight pod. It waits for a
@@ -191,8 +219,8 @@ impl Queue {
             self.retry_after(uid, backoff_until, now);
             return;
         }
-        entry.state = State::Unschedulable { backoff_until };
         let retry = now + backoff(entry.attempts, MAX_RETRY);
+        self.set_state(uid, State::Unschedulable { backoff_until });
         self.set_timer(uid, Some(retry));
     }
 
@@ -212,9 +240,9 @@ impl Queue {
     /// pods are retried at once if they turn out unschedulable.
     pub fn move_all(&mut self, now: Instant) {
         let waiting: Vec<(String, Instant)> = self
-            .entries
+            .unschedulable
             .iter()
-            .filter_map(|(uid, e)| match e.state {
+            .filter_map(|uid| match self.entries.get(uid)?.state {
                 State::Unschedulable { backoff_until } => Some((uid.clone(), backoff_until)),
                 _ => None,
             })
@@ -222,8 +250,8 @@ impl Queue {
         for (uid, backoff_until) in waiting {
             self.retry_after(&uid, backoff_until, now);
         }
-        for entry in self.entries.values_mut() {
-            if let State::InFlight { .. } = entry.state {
+        for uid in &self.in_flight {
+            if let Some(entry) = self.entries.get_mut(uid) {
                 entry.state = State::InFlight { moved: true };
             }
         }
@@ -304,6 +332,37 @@ mod tests {
         assert!(!q.has_active());
         q.flush(t0 + Duration::from_secs(2));
         assert_eq!(drain(&mut q), ["a"]);
+    }
+
+    #[test]
+    fn move_all_visits_exactly_the_unschedulable_and_in_flight_pods() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(2);
+        let mut q = Queue::new();
+        for uid in ["a", "b", "c", "d"] {
+            q.add_or_update(uid, pod(0, ""), t0);
+        }
+        // a: unschedulable; b: unschedulable, then deleted; c: in flight;
+        // d: still active.
+        for _ in 0..3 {
+            q.pop();
+        }
+        q.unschedulable("a", t0);
+        q.unschedulable("b", t0);
+        q.remove("b");
+        q.move_all(later);
+        assert_eq!(drain(&mut q), ["a", "d"], "b is gone, c still in flight");
+        // c saw the change while in flight: unschedulable now means retry.
+        q.unschedulable("c", later);
+        q.flush(later + Duration::from_secs(1));
+        assert_eq!(drain(&mut q), ["c"]);
+        // Popped again, then active once more: a change moves nothing.
+        q.error("a", later);
+        q.flush(later + Duration::from_secs(60));
+        q.move_all(later + Duration::from_secs(60));
+        assert_eq!(drain(&mut q), ["a"]);
+        assert!(q.unschedulable.is_empty());
+        assert_eq!(q.in_flight.len(), 3, "a, c and d are in flight");
     }
 
     #[test]
