@@ -506,11 +506,17 @@ impl PodCtx {
     }
 
     /// Whether the watch has not yet delivered our own last status write.
+    /// Once it has, our copy of the pod is dropped (the watched one is as
+    /// new): a node of 10,000 idle pods would otherwise hold each twice.
     fn watch_behind(&self) -> bool {
-        let written = self.written.lock();
-        written
+        let mut written = self.written.lock();
+        let behind = written
             .as_ref()
-            .is_some_and(|ours| newer(ours, &self.pod.borrow()))
+            .is_some_and(|ours| newer(ours, &self.pod.borrow()));
+        if !behind {
+            *written = None;
+        }
+        behind
     }
 
     /// Refreshes ConfigMap and Secret volumes; evicts the pod if an
@@ -786,8 +792,8 @@ async fn status_writer(ctx: Arc<PodCtx>) {
         // not Ready): rewrite then, even if our own view did not change.
         // (A watch still behind our own write is not someone else's.)
         let held = ctx.pod.borrow().status.as_ref().map(milestone);
-        let overridden =
-            written_milestone.is_some() && held != written_milestone && !ctx.watch_behind();
+        let behind = ctx.watch_behind();
+        let overridden = written_milestone.is_some() && held != written_milestone && !behind;
         if written.as_ref() == Some(&value) && !overridden {
             continue;
         }
