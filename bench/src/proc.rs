@@ -114,7 +114,6 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Waits until something accepts TCP connections on `127.0.0.1:port`.
 /// A `skiff server` (or a whole `skiff up` cluster) on a free loopback
 /// port over a fresh data directory.
 pub struct SkiffServer {

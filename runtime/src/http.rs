@@ -11,7 +11,7 @@ use hyper::body::Body;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -188,6 +188,27 @@ pub async fn serve_listener(
     .await
 }
 
+/// Accepts the next TCP connection, ready to serve: with `TCP_NODELAY`,
+/// since responses are written head first and the body after (a guest's
+/// as it produces it), and Nagle would hold the body back until the
+/// client's delayed ACK (40 ms). A failed accept (out of file descriptors
+/// and the like) is logged and retried after a short pause rather than
+/// spun on. Cancel-safe, for use in `select!`.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on `listener`, answering each request with
 /// `handler(request, peer address)`, until `shutdown` resolves; then stops
 /// accepting and waits for open connections to finish. The accept loop
@@ -206,23 +227,10 @@ where
     let handler = Arc::new(handler);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, peer): (_, SocketAddr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // rather than spin, and keep serving.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let (stream, peer) = tokio::select! {
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        // Responses are written head first, then the body as the guest
-        // produces it: without TCP_NODELAY, Nagle holds the body back
-        // until the client's delayed ACK (40 ms).
-        let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {

@@ -65,7 +65,9 @@ pub use cache::digest;
 pub use component::{Component, ComponentKind, Origin, Runtime, RuntimeConfig};
 pub use engine::{Allocator, EPOCH_TICK, EngineConfig};
 pub use error::{Error, GuestError, Result};
-pub use http::{ResponseBody, body, error_response, serve_listener, serve_with, text_response};
+pub use http::{
+    ResponseBody, accept, body, error_response, serve_listener, serve_with, text_response,
+};
 pub use limits::Limits;
 pub use log::{DEFAULT_LOG_CAPACITY, Log, LogLine, LogWriter, Stream};
 pub use outbound::{AllowList, BoxFuture, DenyAll, Outbound, OutboundResult};

@@ -191,7 +191,8 @@ impl Queue {
     /// Forgets a pod (deleted, bound elsewhere, no longer ours).
     pub fn remove(&mut self, uid: &str) {
         self.set_timer(uid, None);
-        self.set_state(uid, State::Backoff);
+        self.unschedulable.remove(uid);
+        self.in_flight.remove(uid);
         if let Some(entry) = self.entries.remove(uid) {
             self.active.remove(&(entry.order, uid.to_owned()));
         }

@@ -302,9 +302,6 @@ impl PodCtx {
             .pull(&image, policy)
             .await
             .map_err(|e| (e.reason().to_owned(), e.to_string()))?;
-        if let Some(component) = self.shared.runtime.loaded(&pulled.digest) {
-            return Ok((component, pulled.digest));
-        }
         let lock = self
             .shared
             .loading
@@ -313,7 +310,8 @@ impl PodCtx {
             .or_default()
             .clone();
         let _loading = lock.lock().await;
-        // Another pod may have loaded it while this one waited.
+        // Loaded already (by an earlier pod, or another while this one
+        // waited): no file to read and hash.
         if let Some(component) = self.shared.runtime.loaded(&pulled.digest) {
             return Ok((component, pulled.digest));
         }
@@ -779,8 +777,7 @@ async fn status_writer(ctx: Arc<PodCtx>) {
                     () = tokio::time::sleep_until(deadline) => break,
                     () = ctx.changed.notified() => {}
                 }
-                status = ctx.build_status();
-                if written_milestone.as_ref() != Some(&milestone(&status)) {
+                if written_milestone.as_ref() != Some(&milestone(&ctx.build_status())) {
                     break;
                 }
             }

@@ -120,18 +120,9 @@ pub(crate) async fn serve(
     };
     loop {
         let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = skiff_runtime::accept(&listener) => accepted,
             _ = stop.changed() => return,
         };
-        // Streamed logs: each line as soon as it is written.
-        let _ = tcp.set_nodelay(true);
         let (tls, shared, stop) = (tls.clone(), shared.clone(), stop.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {

@@ -256,7 +256,6 @@ impl Cache {
     }
 }
 
-/// `sha256:<hex>` of a file's bytes.
 /// What identifies a version of a file without reading it: its size and
 /// modification time (`None` where the platform has no mtime).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,6 +273,7 @@ impl Stamp {
     }
 }
 
+/// `sha256:<hex>` of a file's bytes.
 pub(super) fn sha256_file(path: &Path) -> std::io::Result<String> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;

@@ -600,18 +600,7 @@ pub async fn serve(
     // Connections die with the server: dropping this future drops the set.
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off briefly
-                // rather than spin, and keep serving.
-                tracing::warn!(%error, "ingress accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // As in skiff_runtime::serve_with: no Nagle delay on the body.
-        let _ = tcp.set_nodelay(true);
+        let (tcp, peer) = skiff_runtime::accept(&listener).await;
         while connections.try_join_next().is_some() {}
         let (acceptor, handler) = (acceptor.clone(), handler.clone());
         connections.spawn(async move {
