@@ -205,6 +205,11 @@ impl FieldSelector {
         Ok(FieldSelector { requirements })
     }
 
+    /// Whether it selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
     /// The value of `metadata.name=X` when the selector pins one name
     /// (kubectl's `get NAME -w` and `delete` do): lists can then read one key.
     pub fn name(&self) -> Option<&str> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use crate::controllers::{self, Context};
+use crate::informers::Informers;
 use crate::leader::{self, AbortOnDrop, Election};
 use crate::scheduler::{self, SchedulerOptions};
 
@@ -97,10 +98,14 @@ pub async fn run(client: kube::Client, config: ManagerConfig, shutdown: impl Fut
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    // One watch per resource type for the scheduler and every controller
+    // (each started while someone in this process leads).
+    let informers = Informers::new(client.clone());
     let ctx = Context {
         client: client.clone(),
         clock: Arc::new(controllers::SystemClock),
         options: Arc::new(config.controllers.clone()),
+        informers: informers.clone(),
     };
     let controller_manager = leader::run(
         client.clone(),
@@ -117,7 +122,14 @@ pub async fn run(client: kube::Client, config: ManagerConfig, shutdown: impl Fut
             supervise("scheduler", {
                 let client = scheduler_client.clone();
                 let options = scheduler_options.clone();
-                move || Box::pin(scheduler::run(client.clone(), options.clone()))
+                let informers = informers.clone();
+                move || {
+                    Box::pin(scheduler::run_shared(
+                        client.clone(),
+                        informers.clone(),
+                        options.clone(),
+                    ))
+                }
             })
         },
         stopped(stop_rx),

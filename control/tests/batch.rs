@@ -58,6 +58,7 @@ async fn setup(which: &[Which], resync: Duration) -> Setup {
     let clock = Arc::new(ManualClock::new(Timestamp::now()));
     let ctx = Context {
         client: cluster.client.clone(),
+        informers: skiff_control::informers::Informers::new(cluster.client.clone()),
         clock: clock.clone(),
         options: Arc::new(Options {
             resync,

@@ -289,6 +289,7 @@ async fn a_silent_node_is_tainted_its_pods_evicted_and_it_recovers() {
     let clock = Arc::new(ManualClock::new(start));
     let ctx = Context {
         client: client.clone(),
+        informers: skiff_control::informers::Informers::new(client.clone()),
         clock: clock.clone(),
         options: Arc::new(Options {
             node_monitor_grace: Duration::from_secs(2),

@@ -11,6 +11,7 @@ mod alloc;
 mod auth;
 mod discovery;
 mod error;
+mod metrics;
 pub mod nodeproxy;
 mod objects;
 mod pki;
@@ -124,6 +125,8 @@ pub(crate) struct State {
     pub(crate) allocator: alloc::Allocator,
     /// The built-in OCI registry's files (`data_dir/registry`).
     pub(crate) registry: registry::Storage,
+    /// Open watches, for `/metrics`.
+    pub(crate) watchers: Arc<metrics::Watchers>,
 }
 
 /// A running API server. Dropping it does not stop it: call
@@ -208,6 +211,7 @@ impl ApiServer {
             tokens,
             allocator,
             registry,
+            watchers: Arc::default(),
         });
         objects::ensure_default_namespaces(&state).await;
         let tls = tokio_rustls::TlsAcceptor::from(pki.server_config()?);

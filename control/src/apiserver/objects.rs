@@ -57,6 +57,62 @@ pub(crate) fn from_kv(kv: &KeyValue) -> ApiResult<Value> {
     Ok(obj)
 }
 
+/// A stored object's JSON with `metadata.resourceVersion` set to
+/// `revision`, spliced into the text instead of decoding and encoding the
+/// object (what a watch sends every watcher for every change). `None` if
+/// the text has no top-level `metadata` object.
+pub(crate) fn with_resource_version(json: &[u8], revision: u64) -> Option<Vec<u8>> {
+    let at = metadata_body(json)?;
+    let rest = &json[at..];
+    let empty = rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = Vec::with_capacity(json.len() + 48);
+    out.extend_from_slice(&json[..at]);
+    out.extend_from_slice(b"\"resourceVersion\":\"");
+    out.extend_from_slice(revision.to_string().as_bytes());
+    out.push(b'"');
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// Where the members of the top-level object's `metadata` object begin
+/// (just after its `{`). Stored objects never carry a resourceVersion, so
+/// one can be added there without looking inside.
+fn metadata_body(json: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut last_key: Option<&[u8]> = None;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                i = start;
+                while *json.get(i)? != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+                if depth == 1 {
+                    last_key = Some(&json[start..i]);
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.checked_sub(1)?,
+            b':' if depth == 1 && last_key == Some(b"metadata".as_slice()) => {
+                let value = i
+                    + 1
+                    + json[i + 1..]
+                        .iter()
+                        .position(|b| !b.is_ascii_whitespace())?;
+                return (json[value] == b'{').then_some(value + 1);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 pub(crate) fn set_resource_version(obj: &mut Value, revision: u64) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(revision.to_string()));
@@ -388,6 +444,11 @@ impl Filter {
 
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         self.labels.matches_object(obj) && self.fields.matches(obj)
+    }
+
+    /// Whether no selector was given.
+    pub(crate) fn selects_everything(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
     }
 }
 
@@ -1479,6 +1540,51 @@ fn set_spec_finalizers(obj: &mut Value, finalizers: Option<Value>) {
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.remove("finalizers");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The splice gives what decoding, setting and encoding would.
+    #[test]
+    fn resource_version_spliced_into_stored_json() {
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "labels": {"x": "}{"}}}),
+            json!({"kind": "ConfigMap", "metadata": {}, "data": {"metadata": "{\"no\": 1}"}}),
+            json!({"data": {"k\"ey": "v\\", "metadata": {"nested": true}}, "metadata": {"name": "b"}}),
+            json!({"items": [{"metadata": {"name": "inner"}}], "metadata": {"uid": "u"}}),
+        ];
+        for obj in objects {
+            let stored = obj.to_string();
+            let spliced = with_resource_version(stored.as_bytes(), 42).expect("metadata found");
+            let got: Value = serde_json::from_slice(&spliced).expect("valid JSON");
+            let mut want = obj.clone();
+            set_resource_version(&mut want, 42);
+            assert_eq!(got, want, "{stored}");
+        }
+        let padded = br#"{ "metadata" : { } , "kind":"X"}"#;
+        let got: Value =
+            serde_json::from_slice(&with_resource_version(padded, 7).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            json!({"metadata": {"resourceVersion": "7"}, "kind": "X"})
+        );
+    }
+
+    #[test]
+    fn no_metadata_object_is_no_splice() {
+        for text in [
+            &br#"{"kind":"X"}"#[..],
+            br#"{"metadata":"str"}"#,
+            br#"{"spec":{"metadata":{}}}"#,
+            br#"{"metadata""#,
+            br#"{"a":"unterminated"#,
+            b"",
+        ] {
+            assert_eq!(with_resource_version(text, 1), None, "{text:?}");
         }
     }
 }

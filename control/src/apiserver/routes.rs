@@ -185,6 +185,7 @@ async fn route(state: &Arc<State>, req: &Req, segments: &[&str]) -> ApiResult<Re
     match segments {
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
         ["version"] => Ok(discovery::version()),
+        ["metrics"] => Ok(super::metrics::render(&state.watchers)),
         ["openapi", "v3"] => Ok(discovery::openapi_index()),
         ["openapi", "v3", rest @ ..] => discovery::openapi_document(rest),
         ["api"] => Ok(discovery::core_versions(req)),

@@ -17,7 +17,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use skiff_api::ResourceType;
 
-use super::objects::{Filter, from_kv, include_object, read_list, set_resource_version};
+use super::objects::{
+    Filter, from_kv, include_object, read_list, set_resource_version, with_resource_version,
+};
 use super::routes::{Req, Target};
 use super::{ApiError, ApiResult, State};
 use crate::store::Event;
@@ -54,6 +56,9 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
         .unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = req.flag("allowWatchBookmarks");
     let table = req.wants_table().then(|| include_object(req));
+    // Unfiltered JSON watches (every controller's) send each change as
+    // stored, with its resourceVersion spliced in: no decoding per watcher.
+    let raw = table.is_none() && filter.selects_everything();
     let prefix = rt.prefix(t.namespace.as_deref());
     let store = state.store.clone();
     let encode = move |kind: &str, obj: Value| -> Bytes {
@@ -72,7 +77,9 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
         Bytes::from(line)
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let registered = state.watchers.open(rt);
     tokio::spawn(async move {
+        let _registered = registered;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         for obj in initial {
@@ -114,9 +121,14 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
                         }
                     };
                     last = event.revision();
-                    if let Some((kind, obj)) = translate(&event, &filter)
-                        && tx.send(encode(kind, obj)).await.is_err()
-                    {
+                    let line = match raw.then(|| raw_line(&event)).flatten() {
+                        Some(line) => line,
+                        None => match translate(&event, &filter) {
+                            Some((kind, obj)) => encode(kind, obj),
+                            None => continue,
+                        },
+                    };
+                    if tx.send(line).await.is_err() {
                         return;
                     }
                 }
@@ -142,6 +154,27 @@ fn tokio_stream_from(
 /// The ERROR event's Status for a store error (410 for compaction).
 fn expired(err: crate::store::Error, rt: &ResourceType) -> Value {
     ApiError::from_store(err, rt.plural, rt.group, "").status()
+}
+
+/// A store event as an unfiltered watch event's line, built from the
+/// stored bytes; `None` if the stored object has no metadata to carry the
+/// resourceVersion (then [`translate`] says what is wrong with it).
+fn raw_line(event: &Event) -> Option<Bytes> {
+    let (kind, value, revision) = match event {
+        Event::Put { kv, prev } => {
+            let kind = if prev.is_some() { "MODIFIED" } else { "ADDED" };
+            (kind, &kv.value, kv.mod_revision)
+        }
+        Event::Delete { prev, revision } => ("DELETED", &prev.value, *revision),
+    };
+    let object = with_resource_version(value, revision)?;
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(&object);
+    line.extend_from_slice(b"}\n");
+    Some(Bytes::from(line))
 }
 
 /// A store event as a watch event, applying the filter the way Kubernetes

@@ -30,7 +30,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Selector;
 use kube::runtime::controller::{self, Action, trigger_with};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, applier, watcher};
+use kube::runtime::{applier, watcher};
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -106,22 +106,10 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         pods,
         failures: Mutex::default(),
     });
-    let config = watcher::Config::default;
-    let deployment_events = reflector::reflector(
-        deployments_writer,
-        watcher(Api::<Deployment>::all(ctx.client.clone()), config()),
-    )
-    .default_backoff();
-    let set_events = reflector::reflector(
-        sets_writer,
-        watcher(Api::<ReplicaSet>::all(ctx.client.clone()), config()),
-    )
-    .default_backoff();
-    let pod_events = reflector::reflector(
-        pods_writer,
-        watcher(Api::<Pod>::all(ctx.client.clone()), config()),
-    )
-    .default_backoff();
+    let deployment_events =
+        reflector::reflector(deployments_writer, ctx.informers.watch::<Deployment>());
+    let set_events = reflector::reflector(sets_writer, ctx.informers.watch::<ReplicaSet>());
+    let pod_events = reflector::reflector(pods_writer, ctx.informers.watch::<Pod>());
     let c = controller.clone();
     let deployment_triggers = trigger_with(deployment_events, move |event| match event {
         watcher::Event::Apply(d) | watcher::Event::InitApply(d) => vec![ObjectRef::from_obj(&d)],

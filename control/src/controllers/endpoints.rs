@@ -75,11 +75,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
 
     let s = state.clone();
-    let stream = reflect(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-        services_w,
-    );
+    let stream = reflect(state.ctx.informers.watch::<Service>(), services_w);
     tasks.spawn(async move {
         stream
             .for_each(|event| {
@@ -97,11 +93,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     });
 
     let s = state.clone();
-    let stream = reflect(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        pods_w,
-    );
+    let stream = reflect(state.ctx.informers.watch::<Pod>(), pods_w);
     tasks.spawn(async move {
         // The labels each pod had when last seen: a relabelled pod leaves
         // the Services that selected it before.
@@ -134,11 +126,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     });
 
     let s = state.clone();
-    let stream = reflect(
-        Api::<Endpoints>::all(client.clone()),
-        watcher::Config::default(),
-        endpoints_w,
-    );
+    let stream = reflect(state.ctx.informers.watch::<Endpoints>(), endpoints_w);
     tasks.spawn(async move {
         stream
             .for_each(|event| {
@@ -160,8 +148,10 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
 
     let s = state.clone();
     let stream = reflect(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        watcher::watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}")),
+        ),
         slices_w,
     );
     tasks.spawn(async move {

@@ -11,6 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::informers::Informers;
+
 pub mod events;
 
 pub mod cronjob;
@@ -116,12 +118,15 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// Settings.
     pub options: Arc<Options>,
+    /// The process's shared watches.
+    pub informers: Informers,
 }
 
 impl Context {
     /// A context on the system clock with default options.
     pub fn new(client: kube::Client) -> Context {
         Context {
+            informers: Informers::new(client.clone()),
             client,
             clock: Arc::new(SystemClock),
             options: Arc::new(Options::default()),

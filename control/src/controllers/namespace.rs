@@ -59,11 +59,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     });
     let mut tasks = JoinSet::new();
     let s = state.clone();
-    let stream = reflect(
-        Api::<Namespace>::all(state.ctx.client.clone()),
-        watcher::Config::default(),
-        writer,
-    );
+    let stream = reflect(state.ctx.informers.watch::<Namespace>(), writer);
     tasks.spawn(async move {
         stream
             .for_each(|event| {

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::Event;
 
 pub use skiff_api::cidr::Cidr;
 
@@ -43,7 +43,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let api: Api<Node> = Api::all(ctx.client.clone());
     let recorder = ctx.recorder("node-ipam-controller");
     let mut nodes: std::collections::HashMap<String, Option<String>> = Default::default();
-    let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut stream = ctx.informers.watch::<Node>();
     let mut initialised = false;
     while let Some(event) = stream.next().await {
         match event? {

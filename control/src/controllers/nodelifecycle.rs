@@ -42,6 +42,9 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// How often nodes are examined: an eighth of the grace period, within
 /// Kubernetes' `--node-monitor-period` (5 s) at most, so a silent node is
 /// noticed within a small fraction of its grace.
+/// The least time between two passes woken by changes.
+const MIN_PASS_GAP: Duration = Duration::from_millis(100);
+
 fn monitor_period(grace: Duration) -> Duration {
     (grace / 8).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }
@@ -78,30 +81,24 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
 
     let w = wake.clone();
-    let stream = reflect(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default(),
-        nodes_w,
-    );
+    let stream = reflect(ctx.informers.watch::<Node>(), nodes_w);
     tasks.spawn(stream.for_each(move |_| {
         w.notify_one();
         std::future::ready(())
     }));
     let w = wake.clone();
     let stream = reflect(
-        Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE),
-        watcher::Config::default(),
+        watcher::watcher(
+            Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE),
+            watcher::Config::default(),
+        ),
         leases_w,
     );
     tasks.spawn(stream.for_each(move |_| {
         w.notify_one();
         std::future::ready(())
     }));
-    let stream = reflect(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        pods_w,
-    );
+    let stream = reflect(ctx.informers.watch::<Pod>(), pods_w);
     tasks.spawn(stream.for_each(|_| std::future::ready(())));
 
     for ready in [
@@ -125,9 +122,14 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     tasks.spawn(async move {
         let period = monitor_period(monitor.ctx.options.node_monitor_grace);
         loop {
+            let began = tokio::time::Instant::now();
             monitor.pass().await;
             tokio::select! {
-                _ = wake.notified() => {}
+                _ = wake.notified() => {
+                    // A pass visits every node and pod: however many
+                    // heartbeats arrive, at most one pass per MIN_PASS_GAP.
+                    tokio::time::sleep_until(began + MIN_PASS_GAP.min(period)).await;
+                }
                 _ = tokio::time::sleep(period) => {}
             }
         }
@@ -214,7 +216,9 @@ impl Monitor {
         let api: Api<Node> = Api::all(self.ctx.client.clone());
         let name = node.name_any();
         let silent = self.silent(node, now);
-        let mut node: Node = (**node).clone();
+        // Shared until a patch returns a newer one: most nodes are healthy
+        // and need nothing written.
+        let mut node: Arc<Node> = node.clone();
         let health = if silent {
             Health::Unreachable
         } else if ready_condition(&node).is_some_and(|c| c.status == "False") {
@@ -239,7 +243,7 @@ impl Monitor {
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                 {
-                    Ok(node) => node,
+                    Ok(node) => Arc::new(node),
                     Err(e) if is_status(&e, 409) || is_status(&e, 404) => return Ok(()),
                     Err(e) => return Err(e).context("setting the node's conditions Unknown"),
                 };
@@ -247,7 +251,7 @@ impl Monitor {
                 if was_ready {
                     let message = format!("Node {name} status is now: NodeNotReady");
                     self.recorder
-                        .normal(&reference(&node), "NodeNotReady", &message)
+                        .normal(&reference(node.as_ref()), "NodeNotReady", &message)
                         .await;
                 }
             }

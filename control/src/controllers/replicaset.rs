@@ -24,7 +24,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Selector;
 use kube::runtime::controller::{self, Action, trigger_with};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, applier, watcher};
+use kube::runtime::{applier, watcher};
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -112,22 +112,8 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         expectations: Mutex::default(),
         failures: Mutex::default(),
     });
-    let set_events = reflector::reflector(
-        sets_writer,
-        watcher(
-            Api::<ReplicaSet>::all(ctx.client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff();
-    let pod_events = reflector::reflector(
-        pods_writer,
-        watcher(
-            Api::<Pod>::all(ctx.client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff();
+    let set_events = reflector::reflector(sets_writer, ctx.informers.watch::<ReplicaSet>());
+    let pod_events = reflector::reflector(pods_writer, ctx.informers.watch::<Pod>());
     let c = controller.clone();
     let set_triggers = trigger_with(set_events, move |event| c.set_event(event));
     let c = controller.clone();

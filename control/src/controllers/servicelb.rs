@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::Event;
 
 use super::Context;
 
@@ -54,10 +54,10 @@ pub fn node_addresses<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Vec<Stri
 /// The `status.loadBalancer.ingress` a Service should have: the node
 /// addresses for a `LoadBalancer` Service, nothing for any other.
 fn wanted(service: &Service, addresses: &[String]) -> Vec<serde_json::Value> {
-    let spec = service.spec.as_ref();
-    if spec.and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
+    if !is_load_balancer(service) {
         return Vec::new();
     }
+    let spec = service.spec.as_ref();
     let ports: Vec<serde_json::Value> = spec
         .and_then(|s| s.ports.as_ref())
         .into_iter()
@@ -93,9 +93,7 @@ enum Change {
 
 /// Watches Services and Nodes and keeps LoadBalancer statuses current.
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
-    let services: Api<Service> = Api::all(ctx.client.clone());
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let svc_events = watcher::watcher(services, watcher::Config::default()).map(|e| {
+    let svc_events = ctx.informers.watch::<Service>().map(|e| {
         e.map(|e| match e {
             Event::Apply(s) | Event::InitApply(s) => Change::Service(Box::new(s)),
             Event::Delete(s) => Change::ServiceGone(
@@ -105,7 +103,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             Event::Init | Event::InitDone => Change::Resync,
         })
     });
-    let node_events = watcher::watcher(nodes, watcher::Config::default()).map(|e| {
+    let node_events = ctx.informers.watch::<Node>().map(|e| {
         e.map(|e| match e {
             Event::Apply(n) | Event::InitApply(n) => Change::Node(Box::new(n)),
             Event::Delete(n) => Change::NodeGone(n.metadata.name.unwrap_or_default()),
@@ -113,27 +111,23 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         })
     });
     let mut events = futures::stream::select(svc_events.boxed(), node_events.boxed());
-    let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
+    let mut services: Services = BTreeMap::new();
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    while let Some(event) = events.next().await {
-        match event? {
-            Change::Service(s) => {
-                let key = (
-                    s.metadata.namespace.clone().unwrap_or_default(),
-                    s.metadata.name.clone().unwrap_or_default(),
-                );
-                services.insert(key, *s);
-            }
-            Change::ServiceGone(ns, name) => {
-                services.remove(&(ns, name));
-            }
-            Change::Node(n) => {
-                nodes.insert(n.metadata.name.clone().unwrap_or_default(), *n);
-            }
-            Change::NodeGone(name) => {
-                nodes.remove(&name);
-            }
-            Change::Resync => {}
+    while let Some(first) = events.next().await {
+        // Take every change already waiting (a list of thousands of nodes
+        // arrives at once), then look at the Services once.
+        let mut batch = vec![first];
+        while let Some(Some(more)) = events.next().now_or_never() {
+            batch.push(more);
+        }
+        for event in batch {
+            apply(event?, &mut services, &mut nodes);
+        }
+        if !services
+            .values()
+            .any(|s| is_load_balancer(s) || !current(s).is_empty())
+        {
+            continue;
         }
         let addresses = node_addresses(nodes.values());
         for ((ns, name), service) in &mut services {
@@ -159,6 +153,35 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         }
     }
     anyhow::bail!("the service or node watch ended")
+}
+
+type Services = BTreeMap<(String, String), Service>;
+
+fn is_load_balancer(service: &Service) -> bool {
+    service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+}
+
+/// Applies one change to the controller's view.
+fn apply(change: Change, services: &mut Services, nodes: &mut BTreeMap<String, Node>) {
+    match change {
+        Change::Service(s) => {
+            let key = (
+                s.metadata.namespace.clone().unwrap_or_default(),
+                s.metadata.name.clone().unwrap_or_default(),
+            );
+            services.insert(key, *s);
+        }
+        Change::ServiceGone(ns, name) => {
+            services.remove(&(ns, name));
+        }
+        Change::Node(n) => {
+            nodes.insert(n.metadata.name.clone().unwrap_or_default(), *n);
+        }
+        Change::NodeGone(name) => {
+            nodes.remove(&name);
+        }
+        Change::Resync => {}
+    }
 }
 
 #[cfg(test)]

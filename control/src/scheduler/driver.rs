@@ -13,11 +13,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Namespace, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use tokio::task::JoinSet;
 
 use super::SchedulerOptions;
@@ -26,6 +26,7 @@ use super::queue::Queue;
 use super::snapshot::Snapshot;
 use crate::controllers::SystemClock;
 use crate::controllers::events::{Recorder, reference};
+use crate::informers::Informers;
 
 /// Bindings and failure reports in flight at once; past this the loop
 /// stops taking pods until some finish (it keeps applying watch events).
@@ -66,26 +67,14 @@ struct Scheduler {
     relisting_namespaces: Option<HashSet<String>>,
 }
 
-fn watch<K>(
+pub(super) async fn run(
     client: kube::Client,
-) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff()
-}
-
-pub(super) async fn run(client: kube::Client, options: SchedulerOptions) -> anyhow::Result<()> {
-    let nodes = watch::<Node>(client.clone());
-    let namespaces = watch::<Namespace>(client.clone());
-    let pods =
-        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff();
-    futures::pin_mut!(nodes, pods, namespaces);
+    informers: Informers,
+    options: SchedulerOptions,
+) -> anyhow::Result<()> {
+    let mut nodes = informers.watch::<Node>();
+    let mut namespaces = informers.watch::<Namespace>();
+    let mut pods = informers.watch::<Pod>();
     let recorder = Recorder::new(
         client.clone(),
         &options.scheduler_name,

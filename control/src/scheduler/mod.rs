@@ -27,6 +27,8 @@ pub mod snapshot;
 pub use algorithm::{FitError, ScheduleResult, schedule, schedule_with};
 pub use snapshot::Snapshot;
 
+use crate::informers::Informers;
+
 /// The scheduler name pods get by default (`spec.schedulerName`).
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
 
@@ -63,5 +65,15 @@ impl Default for SchedulerOptions {
 /// Errors only if the watch streams end; API errors are logged and
 /// retried.
 pub async fn run(client: kube::Client, options: SchedulerOptions) -> anyhow::Result<()> {
-    driver::run(client, options).await
+    driver::run(client.clone(), Informers::new(client), options).await
+}
+
+/// [`run`], taking its node, pod and namespace events from `informers`,
+/// the watches it shares with the controllers of its process.
+pub async fn run_shared(
+    client: kube::Client,
+    informers: Informers,
+    options: SchedulerOptions,
+) -> anyhow::Result<()> {
+    driver::run(client, informers, options).await
 }

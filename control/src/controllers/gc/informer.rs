@@ -6,25 +6,26 @@ use std::fmt::Debug;
 use std::hash::Hash;
 
 use futures::{Stream, StreamExt};
+use kube::Resource;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
-/// The events of a watch on `api`, after they are applied to `writer`'s
-/// cache. Errors are logged and the watch resumes with backoff, so the
-/// stream never ends on its own.
-pub(crate) fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
+/// The events of a watch (one of our own, `watcher(api, config)`, or a
+/// shared one from [`crate::informers::Informers`]), after they are applied
+/// to `writer`'s cache. Errors are logged and the watch resumes with
+/// backoff, so the stream never ends on its own.
+pub(crate) fn reflect<K, S>(
+    events: S,
     writer: Writer<K>,
 ) -> impl Stream<Item = watcher::Event<K>> + Send
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
     let what = K::plural(&Default::default()).into_owned();
-    watcher(api, config)
+    events
         .default_backoff()
         .reflect(writer)
         .filter_map(move |event| {

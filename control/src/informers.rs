@@ -1,0 +1,246 @@
+//! Shared watches, as client-go's shared informers: the controllers and
+//! the scheduler of one process that watch the same resource type (all
+//! namespaces, no selector) get their events from ONE watch on the API
+//! server, decoded once, instead of one watch each.
+//!
+//! A pod change used to reach the controller manager eight times (the
+//! scheduler, the ReplicaSet, Deployment, StatefulSet, Job, endpoint and
+//! node-lifecycle controllers each had their own pod watch), each time
+//! encoded by the API server, encrypted, decrypted and decoded again.
+//!
+//! A subscriber sees exactly what its own `kube::runtime::watcher` would:
+//! `Init`, the listed objects as `InitApply`, `InitDone`, then `Apply` and
+//! `Delete`; one that joins late is first given the objects the shared
+//! watch holds. The watch starts with the first subscriber and stops when
+//! the last one is dropped (a control-plane process that loses leadership
+//! stops loading the API server). Each subscriber has its own unbounded
+//! queue, as client-go's listeners do, so a slow controller never makes
+//! another miss or wait for an event.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+/// What a shareable resource type must be: typed, with a static
+/// description (`Pod`, `Node`, ...).
+pub trait Shareable:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Shareable for K where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+/// One process's shared watches, by resource type. Cheap to clone; clones
+/// share the watches.
+#[derive(Clone)]
+pub struct Informers {
+    client: kube::Client,
+    by_type: Arc<Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
+}
+
+impl Debug for Informers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Informers")
+            .field("types", &self.by_type.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Informers {
+    /// Shared watches through `client`.
+    pub fn new(client: kube::Client) -> Informers {
+        Informers {
+            client,
+            by_type: Arc::default(),
+        }
+    }
+
+    /// The events of every `K` in all namespaces, as
+    /// `watcher(Api::<K>::all(client), watcher::Config::default())` would
+    /// give them; never an error (the shared watch logs its errors and
+    /// resumes with backoff) and never ending while the process runs.
+    pub fn watch<K: Shareable>(&self) -> Subscription<K> {
+        let shared = {
+            let mut by_type = self.by_type.lock();
+            let entry = by_type.entry(TypeId::of::<K>()).or_insert_with(|| {
+                Arc::new(Shared::<K> {
+                    client: self.client.clone(),
+                    inner: Mutex::new(Inner::default()),
+                })
+            });
+            entry
+                .clone()
+                .downcast::<Shared<K>>()
+                .expect("an informer is stored under its own type")
+        };
+        Shared::subscribe(&shared)
+    }
+}
+
+type Key = (Option<String>, String);
+
+fn key_of<K: Resource>(obj: &K) -> Key {
+    (
+        obj.meta().namespace.clone(),
+        obj.meta().name.clone().unwrap_or_default(),
+    )
+}
+
+struct Shared<K> {
+    client: kube::Client,
+    inner: Mutex<Inner<K>>,
+}
+
+struct Inner<K> {
+    subscribers: Vec<(u64, mpsc::UnboundedSender<watcher::Event<K>>)>,
+    next_id: u64,
+    /// Every object as of the last completed list and the events since;
+    /// `None` until the first list completes.
+    objects: Option<HashMap<Key, K>>,
+    /// The objects of a (re)list under way.
+    relist: Option<Vec<K>>,
+    /// The running watch, and its generation: events of an older
+    /// generation (a watch being aborted) are ignored.
+    task: Option<tokio::task::AbortHandle>,
+    generation: u64,
+}
+
+impl<K> Default for Inner<K> {
+    fn default() -> Self {
+        Inner {
+            subscribers: Vec::new(),
+            next_id: 0,
+            objects: None,
+            relist: None,
+            task: None,
+            generation: 0,
+        }
+    }
+}
+
+impl<K: Shareable> Shared<K> {
+    fn subscribe(this: &Arc<Shared<K>>) -> Subscription<K> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut inner = this.inner.lock();
+        // Catch up: what a watch of our own would have sent so far.
+        if let Some(relist) = &inner.relist {
+            let _ = tx.send(watcher::Event::Init);
+            for obj in relist {
+                let _ = tx.send(watcher::Event::InitApply(obj.clone()));
+            }
+        } else if let Some(objects) = &inner.objects {
+            let _ = tx.send(watcher::Event::Init);
+            for obj in objects.values() {
+                let _ = tx.send(watcher::Event::InitApply(obj.clone()));
+            }
+            let _ = tx.send(watcher::Event::InitDone);
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.subscribers.push((id, tx));
+        if inner.task.is_none() {
+            inner.generation += 1;
+            let generation = inner.generation;
+            let task = tokio::spawn(Shared::pump(this.clone(), generation));
+            inner.task = Some(task.abort_handle());
+        }
+        Subscription {
+            id,
+            events: rx,
+            shared: this.clone(),
+        }
+    }
+
+    async fn pump(this: Arc<Shared<K>>, generation: u64) {
+        let api = Api::<K>::all(this.client.clone());
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => this.publish(generation, event),
+                Err(error) => {
+                    let what = K::plural(&());
+                    tracing::warn!(resource = %what, %error, "shared watch failed; retrying");
+                }
+            }
+        }
+    }
+
+    fn publish(&self, generation: u64, event: watcher::Event<K>) {
+        let mut inner = self.inner.lock();
+        if inner.generation != generation || inner.task.is_none() {
+            return;
+        }
+        inner
+            .subscribers
+            .retain(|(_, tx)| tx.send(event.clone()).is_ok());
+        match event {
+            watcher::Event::Init => inner.relist = Some(Vec::new()),
+            watcher::Event::InitApply(obj) => {
+                if let Some(relist) = inner.relist.as_mut() {
+                    relist.push(obj);
+                }
+            }
+            watcher::Event::InitDone => {
+                let listed = inner.relist.take().unwrap_or_default();
+                inner.objects = Some(listed.into_iter().map(|o| (key_of(&o), o)).collect());
+            }
+            watcher::Event::Apply(obj) => {
+                if let Some(objects) = inner.objects.as_mut() {
+                    objects.insert(key_of(&obj), obj);
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                if let Some(objects) = inner.objects.as_mut() {
+                    objects.remove(&key_of(&obj));
+                }
+            }
+        }
+    }
+
+    fn unsubscribe(&self, id: u64) {
+        let mut inner = self.inner.lock();
+        inner.subscribers.retain(|(i, _)| *i != id);
+        if inner.subscribers.is_empty()
+            && let Some(task) = inner.task.take()
+        {
+            task.abort();
+            inner.objects = None;
+            inner.relist = None;
+        }
+    }
+}
+
+/// One subscriber's events of a shared watch (see [`Informers::watch`]).
+/// Dropping it unsubscribes.
+pub struct Subscription<K: Shareable> {
+    id: u64,
+    events: mpsc::UnboundedReceiver<watcher::Event<K>>,
+    shared: Arc<Shared<K>>,
+}
+
+impl<K: Shareable> Stream for Subscription<K> {
+    type Item = Result<watcher::Event<K>, watcher::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.poll_recv(cx).map(|e| e.map(Ok))
+    }
+}
+
+impl<K: Shareable> Drop for Subscription<K> {
+    fn drop(&mut self) {
+        self.shared.unsubscribe(self.id);
+    }
+}
