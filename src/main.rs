@@ -1,7 +1,7 @@
-//! The `skiff` binary: one command for every part of Skiff.
-//!
-//! Today it runs components directly on the runtime (`skiff component`);
-//! the control plane, node agent and `skiff up` join it as they land.
+//! The `skiff` binary: one command for every part of Skiff: components
+//! run directly on the runtime (`skiff component`), the control plane
+//! (`skiff server`, `skiff controllers`), the node agent (`skiff agent`)
+//! and a whole cluster in one process (`skiff up`).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -10,6 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod push;
 mod up;

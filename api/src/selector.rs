@@ -234,10 +234,193 @@ impl FieldSelector {
     }
 }
 
+/// The parts of an object that a label and a field selector look at, read
+/// from its JSON text without building the rest: `metadata.labels` and each
+/// selected field. A selector matches the projection exactly when it
+/// matches the whole object; a watch with a selector tests every change
+/// this way, so an object that is not selected is never decoded.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    tree: Paths,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Paths {
+    /// Everything under here.
+    #[default]
+    All,
+    /// Only these members (object keys, or array indexes as text).
+    Some(std::collections::BTreeMap<String, Paths>),
+}
+
+impl Paths {
+    fn add(&mut self, path: &[&str]) {
+        let Some((first, rest)) = path.split_first() else {
+            *self = Paths::All;
+            return;
+        };
+        if let Paths::Some(children) = self {
+            match children.get_mut(*first) {
+                // Already kept whole.
+                Some(Paths::All) => {}
+                Some(child) => child.add(rest),
+                None => {
+                    let mut child = Paths::Some(Default::default());
+                    child.add(rest);
+                    children.insert((*first).to_owned(), child);
+                }
+            }
+        }
+    }
+}
+
+impl Projection {
+    /// What `labels` and `fields` need.
+    pub fn new(labels: &LabelSelector, fields: &FieldSelector) -> Projection {
+        let mut tree = Paths::Some(Default::default());
+        if !labels.is_empty() {
+            tree.add(&["metadata", "labels"]);
+        }
+        for (field, _, _) in &fields.requirements {
+            tree.add(&field.split('.').collect::<Vec<_>>());
+        }
+        Projection { tree }
+    }
+
+    /// The projection of the object whose JSON is `json`.
+    pub fn read(&self, json: &[u8]) -> serde_json::Result<Value> {
+        use serde::de::DeserializeSeed;
+        let mut de = serde_json::Deserializer::from_slice(json);
+        let value = Keep(&self.tree).deserialize(&mut de)?;
+        de.end()?;
+        Ok(value)
+    }
+}
+
+/// Deserializes what `.0` keeps of a value; what it skips is only scanned.
+struct Keep<'a>(&'a Paths);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Keep<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        match self.0 {
+            Paths::All => serde::Deserialize::deserialize(d),
+            Paths::Some(children) => d.deserialize_any(KeepVisitor(children)),
+        }
+    }
+}
+
+struct KeepVisitor<'a>(&'a std::collections::BTreeMap<String, Paths>);
+
+impl<'de> serde::de::Visitor<'de> for KeepVisitor<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match self.0.get(&key) {
+                Some(paths) => {
+                    let value = map.next_value_seed(Keep(paths))?;
+                    out.insert(key, value);
+                }
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let next = match self.0.get(&out.len().to_string()) {
+                Some(paths) => seq.next_element_seed(Keep(paths))?,
+                None => seq
+                    .next_element::<serde::de::IgnoredAny>()?
+                    .map(|_| Value::Null),
+            };
+            match next {
+                Some(value) => out.push(value),
+                None => return Ok(Value::Array(out)),
+            }
+        }
+    }
+
+    // A scalar where the paths go deeper: nothing there to select.
+    fn visit_bool<E>(self, _: bool) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Selecting on the projection is selecting on the object.
+    #[test]
+    fn projections_select_as_the_whole_object_does() {
+        let objects = [
+            json!({"metadata": {"name": "a", "namespace": "n", "labels": {"app": "web"}},
+                   "spec": {"nodeName": "n1", "containers": [{"name": "c0"}, {"name": "c1"}]},
+                   "status": {"phase": "Running"}}),
+            json!({"metadata": {"name": "b"}, "spec": {"nodeName": ""}, "status": "odd"}),
+            json!({"metadata": {"name": "c", "labels": {"app": "db", "tier": "x"}}, "spec": [1, 2]}),
+            json!({"kind": "X"}),
+        ];
+        let selectors = [
+            ("", "spec.nodeName=n1"),
+            ("", "spec.nodeName="),
+            ("app=web", ""),
+            ("app in (web, db),!tier", "metadata.name!=a"),
+            ("tier", "status.phase=Running,metadata.namespace=n"),
+            ("", "spec.containers.1.name=c1"),
+            ("", "spec=x,metadata=y"),
+        ];
+        for (labels, fields) in selectors {
+            let l = LabelSelector::parse(labels).unwrap();
+            let f = FieldSelector::parse(fields).unwrap();
+            let projection = Projection::new(&l, &f);
+            for obj in &objects {
+                let projected = projection.read(obj.to_string().as_bytes()).unwrap();
+                assert_eq!(
+                    l.matches_object(&projected) && f.matches(&projected),
+                    l.matches_object(obj) && f.matches(obj),
+                    "{labels:?} {fields:?} on {obj}, projected {projected}"
+                );
+            }
+        }
+        let keep = Projection::new(
+            &LabelSelector::parse("app").unwrap(),
+            &FieldSelector::parse("spec.nodeName=n1").unwrap(),
+        );
+        assert_eq!(
+            keep.read(objects[0].to_string().as_bytes()).unwrap(),
+            json!({"metadata": {"labels": {"app": "web"}}, "spec": {"nodeName": "n1"}})
+        );
+        assert!(keep.read(b"{\"metadata\": ").is_err());
+    }
 
     fn labels(v: Value) -> serde_json::Map<String, Value> {
         v.as_object().unwrap().clone()

@@ -431,6 +431,8 @@ pub(crate) fn include_object(req: &Req) -> skiff_api::table::IncludeObject {
 pub(crate) struct Filter {
     pub(crate) labels: LabelSelector,
     pub(crate) fields: FieldSelector,
+    /// What the selectors read of an object, for testing stored JSON.
+    projection: skiff_api::selector::Projection,
 }
 
 impl Filter {
@@ -439,16 +441,27 @@ impl Filter {
             .map_err(|e| ApiError::bad_request(format!("invalid labelSelector: {e}")))?;
         let fields = FieldSelector::parse(req.param("fieldSelector").unwrap_or_default())
             .map_err(|e| ApiError::bad_request(format!("invalid fieldSelector: {e}")))?;
-        Ok(Filter { labels, fields })
+        let projection = skiff_api::selector::Projection::new(&labels, &fields);
+        Ok(Filter {
+            labels,
+            fields,
+            projection,
+        })
     }
 
     pub(crate) fn matches(&self, obj: &Value) -> bool {
         self.labels.matches_object(obj) && self.fields.matches(obj)
     }
 
-    /// Whether no selector was given.
-    pub(crate) fn selects_everything(&self) -> bool {
-        self.labels.is_empty() && self.fields.is_empty()
+    /// Whether the object stored as `json` is selected, reading only what
+    /// the selectors look at. An object that cannot be read is not.
+    pub(crate) fn matches_stored(&self, json: &[u8]) -> bool {
+        if self.labels.is_empty() && self.fields.is_empty() {
+            return true;
+        }
+        self.projection
+            .read(json)
+            .is_ok_and(|projected| self.matches(&projected))
     }
 }
 

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use skiff_api::ResourceType;
 
 use super::objects::{
-    Filter, from_kv, include_object, read_list, set_resource_version, with_resource_version,
+    Filter, include_object, read_list, set_resource_version, with_resource_version,
 };
 use super::routes::{Req, Target};
 use super::{ApiError, ApiResult, State};
@@ -56,9 +56,6 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
         .unwrap_or(DEFAULT_TIMEOUT);
     let bookmarks = req.flag("allowWatchBookmarks");
     let table = req.wants_table().then(|| include_object(req));
-    // Unfiltered JSON watches (every controller's) send each change as
-    // stored, with its resourceVersion spliced in: no decoding per watcher.
-    let raw = table.is_none() && filter.selects_everything();
     let prefix = rt.prefix(t.namespace.as_deref());
     let store = state.store.clone();
     let encode = move |kind: &str, obj: Value| -> Bytes {
@@ -121,12 +118,22 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
                         }
                     };
                     last = event.revision();
-                    let line = match raw.then(|| raw_line(&event)).flatten() {
-                        Some(line) => line,
-                        None => match translate(&event, &filter) {
-                            Some((kind, obj)) => encode(kind, obj),
-                            None => continue,
-                        },
+                    let Some((kind, stored, revision)) = classify(&event, &filter) else {
+                        continue;
+                    };
+                    // JSON watches get the stored text with its
+                    // resourceVersion spliced in: nothing is decoded.
+                    let line = match table {
+                        None => raw_line(kind, stored, revision),
+                        Some(_) => None,
+                    };
+                    let Some(line) = line.or_else(|| {
+                        let mut obj: Value = serde_json::from_slice(stored).ok()?;
+                        set_resource_version(&mut obj, revision);
+                        Some(encode(kind, obj))
+                    }) else {
+                        tracing::warn!(key = %event_key(&event), "a stored object is not valid JSON; not sent");
+                        continue;
                     };
                     if tx.send(line).await.is_err() {
                         return;
@@ -156,18 +163,44 @@ fn expired(err: crate::store::Error, rt: &ResourceType) -> Value {
     ApiError::from_store(err, rt.plural, rt.group, "").status()
 }
 
-/// A store event as an unfiltered watch event's line, built from the
-/// stored bytes; `None` if the stored object has no metadata to carry the
-/// resourceVersion (then [`translate`] says what is wrong with it).
-fn raw_line(event: &Event) -> Option<Bytes> {
-    let (kind, value, revision) = match event {
+/// What a watcher with `filter` is told of a store event: the event type,
+/// the stored object to send and its revision; `None` if it does not see
+/// it. As in Kubernetes, an object that starts matching is ADDED and one
+/// that stops matching is DELETED. Only what the selectors read of the
+/// object and its previous version is decoded.
+fn classify<'a>(event: &'a Event, filter: &Filter) -> Option<(&'static str, &'a Bytes, u64)> {
+    match event {
         Event::Put { kv, prev } => {
-            let kind = if prev.is_some() { "MODIFIED" } else { "ADDED" };
-            (kind, &kv.value, kv.mod_revision)
+            let was = prev
+                .as_ref()
+                .is_some_and(|p| filter.matches_stored(&p.value));
+            let kind = match (was, filter.matches_stored(&kv.value)) {
+                (false, true) => "ADDED",
+                (true, true) => "MODIFIED",
+                (true, false) => "DELETED",
+                (false, false) => return None,
+            };
+            Some((kind, &kv.value, kv.mod_revision))
         }
-        Event::Delete { prev, revision } => ("DELETED", &prev.value, *revision),
-    };
-    let object = with_resource_version(value, revision)?;
+        Event::Delete { prev, revision } => {
+            filter
+                .matches_stored(&prev.value)
+                .then_some(("DELETED", &prev.value, *revision))
+        }
+    }
+}
+
+fn event_key(event: &Event) -> &str {
+    match event {
+        Event::Put { kv, .. } => &kv.key,
+        Event::Delete { prev, .. } => &prev.key,
+    }
+}
+
+/// A watch event's line from the stored object, with the resourceVersion
+/// spliced in; `None` if the stored object has no metadata to carry it.
+fn raw_line(kind: &str, stored: &[u8], revision: u64) -> Option<Bytes> {
+    let object = with_resource_version(stored, revision)?;
     let mut line = Vec::with_capacity(object.len() + 32);
     line.extend_from_slice(b"{\"type\":\"");
     line.extend_from_slice(kind.as_bytes());
@@ -175,33 +208,4 @@ fn raw_line(event: &Event) -> Option<Bytes> {
     line.extend_from_slice(&object);
     line.extend_from_slice(b"}\n");
     Some(Bytes::from(line))
-}
-
-/// A store event as a watch event, applying the filter the way Kubernetes
-/// does: an object that starts matching is ADDED, one that stops matching
-/// is DELETED.
-fn translate(event: &Event, filter: &Filter) -> Option<(&'static str, Value)> {
-    match event {
-        Event::Put { kv, prev } => {
-            let obj = from_kv(kv).ok()?;
-            let was = prev
-                .as_ref()
-                .and_then(|p| from_kv(p).ok())
-                .is_some_and(|p| filter.matches(&p));
-            match (was, filter.matches(&obj)) {
-                (false, true) => Some(("ADDED", obj)),
-                (true, true) => Some(("MODIFIED", obj)),
-                (true, false) => Some(("DELETED", obj)),
-                (false, false) => None,
-            }
-        }
-        Event::Delete { prev, revision } => {
-            let mut obj = from_kv(prev).ok()?;
-            if !filter.matches(&obj) {
-                return None;
-            }
-            set_resource_version(&mut obj, *revision);
-            Some(("DELETED", obj))
-        }
-    }
 }
