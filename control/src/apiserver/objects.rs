@@ -495,6 +495,22 @@ pub(crate) async fn read_list(
     continue_from: Option<(u64, String)>,
     revision: Option<u64>,
 ) -> ApiResult<(Vec<Value>, u64, Option<String>)> {
+    let (kvs, revision, next) =
+        read_list_stored(state, t, filter, limit, continue_from, revision).await?;
+    let items = kvs.iter().map(from_kv).collect::<ApiResult<_>>()?;
+    Ok((items, revision, next))
+}
+
+/// [`read_list`] as stored: the selected objects' key-values, tested
+/// against the filter without decoding them.
+pub(crate) async fn read_list_stored(
+    state: &State,
+    t: &Target,
+    filter: &Filter,
+    limit: Option<usize>,
+    continue_from: Option<(u64, String)>,
+    revision: Option<u64>,
+) -> ApiResult<(Vec<KeyValue>, u64, Option<String>)> {
     let rt = t.rt;
     let store_err = |e| ApiError::from_store(e, rt.plural, rt.group, "");
     // `metadata.name=X` pins one key: read just that.
@@ -518,17 +534,12 @@ pub(crate) async fn read_list(
                 )
                 .await
                 .map_err(store_err)?;
-            let mut items = Vec::new();
-            for kv in list
+            let key = rt.key(t.namespace.as_deref(), name);
+            let items = list
                 .kvs
-                .iter()
-                .filter(|kv| kv.key == rt.key(t.namespace.as_deref(), name))
-            {
-                let obj = from_kv(kv)?;
-                if filter.matches(&obj) {
-                    items.push(obj);
-                }
-            }
+                .into_iter()
+                .filter(|kv| kv.key == key && filter.matches_stored(&kv.value))
+                .collect();
             return Ok((items, list.revision, None));
         }
     }
@@ -557,16 +568,16 @@ pub(crate) async fn read_list(
             .map_err(store_err)?;
         list_revision = page.revision;
         revision = Some(page.revision);
-        for kv in &page.kvs {
-            let obj = from_kv(kv)?;
-            if !filter.matches(&obj) {
+        let last_key = page.kvs.last().map(|kv| kv.key.clone());
+        for kv in page.kvs {
+            if !filter.matches_stored(&kv.value) {
                 continue;
             }
             if limit.is_some_and(|l| items.len() == l) {
                 // One more match exists: the page ends at the last item.
                 let last = items
                     .last()
-                    .map(|o: &Value| rt.key(obj_ns(o), name_of(o)))
+                    .map(|kv: &KeyValue| kv.key.clone())
                     .unwrap_or_default();
                 return Ok((
                     items,
@@ -574,10 +585,10 @@ pub(crate) async fn read_list(
                     Some(encode_continue(list_revision, &last)),
                 ));
             }
-            items.push(obj);
+            items.push(kv);
         }
-        match page.kvs.last() {
-            Some(last) if page.more => after = Some(last.key.clone()),
+        match last_key {
+            Some(last) if page.more => after = Some(last),
             _ => break,
         }
     }
@@ -609,13 +620,14 @@ pub(super) async fn list(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult
         ),
         _ => None,
     };
-    let (items, revision, next) =
-        read_list(state, t, &filter, limit, continue_from, revision).await?;
+    let (kvs, revision, next) =
+        read_list_stored(state, t, &filter, limit, continue_from, revision).await?;
     let mut meta = json!({ "resourceVersion": revision.to_string() });
     if let Some(next) = &next {
         meta["continue"] = json!(next);
     }
     if req.wants_table() {
+        let items = kvs.iter().map(from_kv).collect::<ApiResult<Vec<_>>>()?;
         let table = skiff_api::table::table(
             t.rt,
             &items,
@@ -625,13 +637,39 @@ pub(super) async fn list(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult
         );
         return Ok(json_response(StatusCode::OK, &table));
     }
-    let body = json!({
+    // The items as stored, their resourceVersions spliced in.
+    let head = json!({
         "kind": t.rt.list_kind(),
         "apiVersion": t.rt.api_version(),
         "metadata": meta,
-        "items": items,
-    });
-    Ok(json_response(StatusCode::OK, &body))
+    })
+    .to_string();
+    let size = kvs.iter().map(|kv| kv.value.len() + 40).sum::<usize>();
+    let mut body = Vec::with_capacity(head.len() + size + 16);
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, kv) in kvs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&stored_json(kv)?);
+    }
+    body.extend_from_slice(b"]}");
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// The JSON of a stored object with its resourceVersion, spliced without
+/// decoding it when its text allows.
+pub(crate) fn stored_json(kv: &KeyValue) -> ApiResult<Vec<u8>> {
+    match with_resource_version(&kv.value, kv.mod_revision) {
+        Some(json) => Ok(json),
+        None => Ok(from_kv(kv)?.to_string().into_bytes()),
+    }
 }
 
 pub(super) async fn create(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult<Response> {

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use skiff_api::ResourceType;
 
 use super::objects::{
-    Filter, include_object, read_list, set_resource_version, with_resource_version,
+    Filter, include_object, read_list_stored, set_resource_version, with_resource_version,
 };
 use super::routes::{Req, Target};
 use super::{ApiError, ApiResult, State};
@@ -45,7 +45,8 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
     let (initial, from) = match from {
         Some(from) => (Vec::new(), from),
         None => {
-            let (items, revision, _) = read_list(state, t, &filter, None, None, None).await?;
+            let (items, revision, _) =
+                read_list_stored(state, t, &filter, None, None, None).await?;
             (items, revision)
         }
     };
@@ -73,14 +74,30 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
         line.push('\n');
         Bytes::from(line)
     };
+    // JSON watches get the stored text with its resourceVersion spliced
+    // in: nothing is decoded.
+    let line = move |kind: &str, stored: &[u8], revision: u64| -> Option<Bytes> {
+        if table.is_none()
+            && let Some(line) = raw_line(kind, stored, revision)
+        {
+            return Some(line);
+        }
+        let mut obj: Value = serde_json::from_slice(stored).ok()?;
+        set_resource_version(&mut obj, revision);
+        Some(encode(kind, obj))
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let registered = state.watchers.open(rt);
     tokio::spawn(async move {
         let _registered = registered;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        for obj in initial {
-            if tx.send(encode("ADDED", obj)).await.is_err() {
+        for kv in initial {
+            let Some(line) = line("ADDED", &kv.value, kv.mod_revision) else {
+                tracing::warn!(key = %kv.key, "a stored object is not valid JSON; not sent");
+                continue;
+            };
+            if tx.send(line).await.is_err() {
                 return;
             }
         }
@@ -121,17 +138,7 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
                     let Some((kind, stored, revision)) = classify(&event, &filter) else {
                         continue;
                     };
-                    // JSON watches get the stored text with its
-                    // resourceVersion spliced in: nothing is decoded.
-                    let line = match table {
-                        None => raw_line(kind, stored, revision),
-                        Some(_) => None,
-                    };
-                    let Some(line) = line.or_else(|| {
-                        let mut obj: Value = serde_json::from_slice(stored).ok()?;
-                        set_resource_version(&mut obj, revision);
-                        Some(encode(kind, obj))
-                    }) else {
+                    let Some(line) = line(kind, stored, revision) else {
                         tracing::warn!(key = %event_key(&event), "a stored object is not valid JSON; not sent");
                         continue;
                     };
