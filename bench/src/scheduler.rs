@@ -5,7 +5,8 @@
 //! - end to end, as kwok does it: N Nodes created through the API with no
 //!   agent (status Ready written by the harness), M pods created while no
 //!   scheduler runs, then `skiff controllers` started: pods bound per second
-//!   from the first binding to the last, as seen by a watch.
+//!   from the first binding to the last, as seen by a watch. M is 10,000,
+//!   so the rate is the steady one, not the start-up (lists, connections).
 
 use std::path::Path;
 use std::process::Command;
@@ -102,7 +103,7 @@ pub async fn end_to_end(skiff: &Path, smoke: bool, report: &mut Report) -> anyho
     let sizes: &[(usize, usize)] = if smoke {
         &[(20, 50)]
     } else {
-        &[(1000, 3000), (5000, 3000)]
+        &[(1000, 10_000), (5000, 10_000)]
     };
     let mut rows = Vec::new();
     for &(nodes, pods) in sizes {

@@ -119,13 +119,49 @@ pub(crate) fn set_resource_version(obj: &mut Value, revision: u64) {
     }
 }
 
+/// The stored form of an object: its JSON without `metadata.resourceVersion`
+/// (the store's revision is the truth) or `selfLink`, written without
+/// copying the object.
 fn to_stored(obj: &Value) -> bytes::Bytes {
-    let mut obj = obj.clone();
-    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.remove("resourceVersion");
-        meta.remove("selfLink");
+    let json = serde_json::to_vec(&Stored(obj)).expect("a JSON value always serializes");
+    bytes::Bytes::from(json)
+}
+
+/// Serializes an object as [`to_stored`] stores it.
+struct Stored<'a>(&'a Value);
+
+/// Serializes a `metadata` map without the keys the store does not keep.
+struct StoredMetadata<'a>(&'a serde_json::Map<String, Value>);
+
+const NOT_STORED: [&str; 2] = ["resourceVersion", "selfLink"];
+
+impl serde::Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(obj) = self.0.as_object() else {
+            return self.0.serialize(s);
+        };
+        let mut map = s.serialize_map(Some(obj.len()))?;
+        for (key, value) in obj {
+            match value.as_object() {
+                Some(meta) if key == "metadata" => {
+                    map.serialize_entry(key, &StoredMetadata(meta))?
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        map.end()
     }
-    bytes::Bytes::from(obj.to_string())
+}
+
+impl serde::Serialize for StoredMetadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            self.0
+                .iter()
+                .filter(|(key, _)| !NOT_STORED.contains(&key.as_str())),
+        )
+    }
 }
 
 fn resource_version_of(obj: &Value) -> ApiResult<Option<u64>> {
@@ -1493,16 +1529,15 @@ pub(super) async fn bind(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult
     if old.pointer("/metadata/deletionTimestamp").is_some() {
         return Err(ApiError::conflict(rt.plural, rt.group, name));
     }
-    let mut new = old.clone();
+    let mut new = old;
     new["spec"]["nodeName"] = json!(node);
-    let conditions = new["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut conditions: Vec<Value> = conditions
-        .into_iter()
-        .filter(|c| c["type"] != "PodScheduled")
-        .collect();
+    let mut conditions: Vec<Value> = match new["status"]["conditions"].take() {
+        Value::Array(all) => all
+            .into_iter()
+            .filter(|c| c["type"] != "PodScheduled")
+            .collect(),
+        _ => Vec::new(),
+    };
     conditions.push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now()}));
     new["status"]["conditions"] = json!(conditions);
     let key = rt.key(t.namespace.as_deref(), name);
@@ -1623,6 +1658,26 @@ mod tests {
             got,
             json!({"metadata": {"resourceVersion": "7"}, "kind": "X"})
         );
+    }
+
+    #[test]
+    fn stored_form_drops_only_the_top_level_resource_version_and_self_link() {
+        let obj = json!({
+            "kind": "Pod",
+            "metadata": {"name": "a", "resourceVersion": "5", "selfLink": "/x",
+                         "labels": {"resourceVersion": "kept"}},
+            "spec": {"metadata": {"resourceVersion": "kept"}},
+        });
+        let stored: Value = serde_json::from_slice(&to_stored(&obj)).unwrap();
+        assert_eq!(
+            stored,
+            json!({
+                "kind": "Pod",
+                "metadata": {"name": "a", "labels": {"resourceVersion": "kept"}},
+                "spec": {"metadata": {"resourceVersion": "kept"}},
+            })
+        );
+        assert_eq!(&to_stored(&json!([1, "x"]))[..], br#"[1,"x"]"#);
     }
 
     #[test]

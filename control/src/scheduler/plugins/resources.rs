@@ -58,15 +58,11 @@ pub fn balanced(pod: &PodInfo, node: &NodeInfo) -> i64 {
     let fraction = |requested: i64, capacity: i64| -> Option<f64> {
         (capacity > 0).then(|| (requested as f64 / capacity as f64).min(1.0))
     };
-    let fractions: Vec<f64> = [
+    let std = match (
         fraction(requested.milli_cpu, allocatable.milli_cpu),
         fraction(requested.memory, allocatable.memory),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let std = match fractions.as_slice() {
-        [a, b] => (a - b).abs() / 2.0,
+    ) {
+        (Some(a), Some(b)) => (a - b).abs() / 2.0,
         _ => 0.0,
     };
     ((1.0 - std) * MAX_NODE_SCORE as f64) as i64
