@@ -52,6 +52,19 @@ fn summary(event: WatchEvent<ConfigMap>) -> (&'static str, String, String) {
     )
 }
 
+/// The next event of `watch`, summarized.
+async fn next<S>(watch: &mut S, what: &str) -> (&'static str, String, String)
+where
+    S: futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin,
+{
+    let event = tokio::time::timeout(WAIT, watch.try_next())
+        .await
+        .unwrap_or_else(|_| panic!("{what} went quiet"))
+        .unwrap()
+        .expect("the watch ended");
+    summary(event)
+}
+
 #[tokio::test]
 async fn selected_watches_see_objects_enter_and_leave_the_selection() {
     let cluster = Cluster::start().await;
@@ -91,12 +104,7 @@ async fn selected_watches_see_objects_enter_and_leave_the_selection() {
 
     let mut got = Vec::new();
     while got.last().map(|(_, _, rv): &(_, _, String)| rv) != Some(&last) {
-        let event = tokio::time::timeout(WAIT, selected.try_next())
-            .await
-            .expect("the selected watch went quiet")
-            .unwrap()
-            .expect("the watch ended");
-        got.push(summary(event));
+        got.push(next(&mut selected, "the selected watch").await);
     }
     // Deletions carry the revision of the delete, unknown to the client.
     let deleted = got.remove(got.len() - 2);
@@ -107,12 +115,7 @@ async fn selected_watches_see_objects_enter_and_leave_the_selection() {
 
     let mut seen = Vec::new();
     while seen.len() < all.len() {
-        let event = tokio::time::timeout(WAIT, everything.try_next())
-            .await
-            .expect("the unselected watch went quiet")
-            .unwrap()
-            .expect("the watch ended");
-        seen.push(summary(event));
+        seen.push(next(&mut everything, "the unselected watch").await);
     }
     assert_eq!(seen, all);
 }

@@ -521,25 +521,10 @@ fn decode_continue(token: &str) -> ApiResult<(u64, String)> {
     ))
 }
 
-/// Reads the matching objects of a collection: at most `limit` (with a
-/// continue token when more match), at one consistent revision.
+/// Reads the matching objects of a collection as stored: at most `limit`
+/// (with a continue token when more match), at one consistent revision,
+/// tested against the filter without decoding them.
 pub(crate) async fn read_list(
-    state: &State,
-    t: &Target,
-    filter: &Filter,
-    limit: Option<usize>,
-    continue_from: Option<(u64, String)>,
-    revision: Option<u64>,
-) -> ApiResult<(Vec<Value>, u64, Option<String>)> {
-    let (kvs, revision, next) =
-        read_list_stored(state, t, filter, limit, continue_from, revision).await?;
-    let items = kvs.iter().map(from_kv).collect::<ApiResult<_>>()?;
-    Ok((items, revision, next))
-}
-
-/// [`read_list`] as stored: the selected objects' key-values, tested
-/// against the filter without decoding them.
-pub(crate) async fn read_list_stored(
     state: &State,
     t: &Target,
     filter: &Filter,
@@ -657,7 +642,7 @@ pub(super) async fn list(state: &Arc<State>, req: &Req, t: &Target) -> ApiResult
         _ => None,
     };
     let (kvs, revision, next) =
-        read_list_stored(state, t, &filter, limit, continue_from, revision).await?;
+        read_list(state, t, &filter, limit, continue_from, revision).await?;
     let mut meta = json!({ "resourceVersion": revision.to_string() });
     if let Some(next) = &next {
         meta["continue"] = json!(next);
@@ -1369,7 +1354,8 @@ pub(super) async fn delete_collection(
 ) -> ApiResult<Response> {
     let options = delete_options(req)?;
     let filter = Filter::from(req)?;
-    let (items, _, _) = read_list(state, t, &filter, None, None, None).await?;
+    let (kvs, _, _) = read_list(state, t, &filter, None, None, None).await?;
+    let items = kvs.iter().map(from_kv).collect::<ApiResult<Vec<_>>>()?;
     let mut deleted = Vec::new();
     for item in items {
         match delete_one(state, t.rt, obj_ns(&item), name_of(&item), &options).await {

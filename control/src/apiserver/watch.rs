@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use skiff_api::ResourceType;
 
 use super::objects::{
-    Filter, include_object, read_list_stored, set_resource_version, with_resource_version,
+    Filter, include_object, read_list, set_resource_version, with_resource_version,
 };
 use super::routes::{Req, Target};
 use super::{ApiError, ApiResult, State};
@@ -45,8 +45,7 @@ pub(super) async fn watch(state: &Arc<State>, req: &Req, t: &Target) -> ApiResul
     let (initial, from) = match from {
         Some(from) => (Vec::new(), from),
         None => {
-            let (items, revision, _) =
-                read_list_stored(state, t, &filter, None, None, None).await?;
+            let (items, revision, _) = read_list(state, t, &filter, None, None, None).await?;
             (items, revision)
         }
     };
