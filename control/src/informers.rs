@@ -8,6 +8,10 @@
 //! node-lifecycle controllers each had their own pod watch), each time
 //! encoded by the API server, encrypted, decrypted and decoded again.
 //!
+//! The watch keeps one cache of the objects ([`Informers::store`]), which
+//! the controllers read instead of keeping a copy each (client-go's
+//! indexer); it is updated before subscribers are told of a change.
+//!
 //! A subscriber sees exactly what its own `kube::runtime::watcher` would:
 //! `Init`, the listed objects as `InitApply`, `InitDone`, then `Apply` and
 //! `Delete`; one that joins late is first given the objects the shared
@@ -25,6 +29,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::{Stream, StreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use parking_lot::Mutex;
@@ -73,7 +79,19 @@ impl Informers {
     /// give them; never an error (the shared watch logs its errors and
     /// resumes with backoff) and never ending while the process runs.
     pub fn watch<K: Shareable>(&self) -> Subscription<K> {
-        let shared = {
+        Shared::subscribe(&self.shared::<K>())
+    }
+
+    /// The cache of every `K` that the shared watch keeps: ready once its
+    /// first list completes, kept current while anyone in the process
+    /// subscribes to [`Informers::watch`] for `K`, and updated before the
+    /// subscribers hear of a change.
+    pub fn store<K: Shareable>(&self) -> Store<K> {
+        self.shared::<K>().inner.lock().writer.as_reader()
+    }
+
+    fn shared<K: Shareable>(&self) -> Arc<Shared<K>> {
+        {
             let mut by_type = self.by_type.lock();
             let entry = by_type.entry(TypeId::of::<K>()).or_insert_with(|| {
                 Arc::new(Shared::<K> {
@@ -85,31 +103,22 @@ impl Informers {
                 .clone()
                 .downcast::<Shared<K>>()
                 .expect("an informer is stored under its own type")
-        };
-        Shared::subscribe(&shared)
+        }
     }
 }
 
-type Key = (Option<String>, String);
-
-fn key_of<K: Resource>(obj: &K) -> Key {
-    (
-        obj.meta().namespace.clone(),
-        obj.meta().name.clone().unwrap_or_default(),
-    )
-}
-
-struct Shared<K> {
+struct Shared<K: Shareable> {
     client: kube::Client,
     inner: Mutex<Inner<K>>,
 }
 
-struct Inner<K> {
+struct Inner<K: Shareable> {
     subscribers: Vec<(u64, mpsc::UnboundedSender<watcher::Event<K>>)>,
     next_id: u64,
-    /// Every object as of the last completed list and the events since;
-    /// `None` until the first list completes.
-    objects: Option<HashMap<Key, K>>,
+    /// Every object as of the last completed list and the events since.
+    writer: Writer<K>,
+    /// Whether a list has completed since the watch started.
+    synced: bool,
     /// The objects of a (re)list under way.
     relist: Option<Vec<K>>,
     /// The running watch, and its generation: events of an older
@@ -118,12 +127,13 @@ struct Inner<K> {
     generation: u64,
 }
 
-impl<K> Default for Inner<K> {
+impl<K: Shareable> Default for Inner<K> {
     fn default() -> Self {
         Inner {
             subscribers: Vec::new(),
             next_id: 0,
-            objects: None,
+            writer: Writer::default(),
+            synced: false,
             relist: None,
             task: None,
             generation: 0,
@@ -141,10 +151,10 @@ impl<K: Shareable> Shared<K> {
             for obj in relist {
                 let _ = tx.send(watcher::Event::InitApply(obj.clone()));
             }
-        } else if let Some(objects) = &inner.objects {
+        } else if inner.synced {
             let _ = tx.send(watcher::Event::Init);
-            for obj in objects.values() {
-                let _ = tx.send(watcher::Event::InitApply(obj.clone()));
+            for obj in inner.writer.as_reader().state() {
+                let _ = tx.send(watcher::Event::InitApply((*obj).clone()));
             }
             let _ = tx.send(watcher::Event::InitDone);
         }
@@ -183,6 +193,7 @@ impl<K: Shareable> Shared<K> {
         if inner.generation != generation || inner.task.is_none() {
             return;
         }
+        inner.writer.apply_watcher_event(&event);
         inner
             .subscribers
             .retain(|(_, tx)| tx.send(event.clone()).is_ok());
@@ -194,19 +205,10 @@ impl<K: Shareable> Shared<K> {
                 }
             }
             watcher::Event::InitDone => {
-                let listed = inner.relist.take().unwrap_or_default();
-                inner.objects = Some(listed.into_iter().map(|o| (key_of(&o), o)).collect());
+                inner.relist = None;
+                inner.synced = true;
             }
-            watcher::Event::Apply(obj) => {
-                if let Some(objects) = inner.objects.as_mut() {
-                    objects.insert(key_of(&obj), obj);
-                }
-            }
-            watcher::Event::Delete(obj) => {
-                if let Some(objects) = inner.objects.as_mut() {
-                    objects.remove(&key_of(&obj));
-                }
-            }
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => {}
         }
     }
 
@@ -217,7 +219,10 @@ impl<K: Shareable> Shared<K> {
             && let Some(task) = inner.task.take()
         {
             task.abort();
-            inner.objects = None;
+            // A new watch fills a new cache: whoever reads the old one
+            // has unsubscribed.
+            inner.writer = Writer::default();
+            inner.synced = false;
             inner.relist = None;
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use serde_json::json;
 use skiff_control::informers::{Informers, Subscription};
@@ -86,6 +87,10 @@ async fn subscribers_share_one_watch_and_each_sees_everything() {
         change_of(&mut first, "during").await,
         Event::Apply(_)
     ));
+    // The shared cache has a change before any subscriber hears of it.
+    let store = informers.store::<ConfigMap>();
+    let key = |name: &str| ObjectRef::<ConfigMap>::new(name).within("default");
+    assert!(store.get(&key("during")).is_some());
 
     // A late subscriber starts from the shared state, not a new list.
     let mut second = informers.watch::<ConfigMap>();
@@ -106,6 +111,7 @@ async fn subscribers_share_one_watch_and_each_sees_everything() {
         assert!(matches!(change_of(sub, "after").await, Event::Apply(_)));
         assert!(matches!(change_of(sub, "before").await, Event::Delete(_)));
     }
+    assert!(store.get(&key("after")).is_some() && store.get(&key("before")).is_none());
 
     // The last subscriber gone, the watch stops; a new one starts afresh.
     drop((first, second, third));
@@ -114,7 +120,10 @@ async fn subscribers_share_one_watch_and_each_sees_everything() {
     })
     .await;
     let mut again = informers.watch::<ConfigMap>();
+    let fresh = informers.store::<ConfigMap>();
     let listed = initial(&mut again).await;
+    fresh.wait_until_ready().await.unwrap();
+    assert!(fresh.get(&key("after")).is_some() && fresh.get(&key("before")).is_none());
     assert!(
         listed.contains("after") && listed.contains("during") && !listed.contains("before"),
         "{listed:?}"

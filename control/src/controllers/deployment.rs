@@ -95,7 +95,7 @@ struct Controller {
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let (deployments, deployments_writer) = reflector::store::<Deployment>();
     let (sets, sets_writer) = reflector::store::<ReplicaSet>();
-    let (pods, pods_writer) = reflector::store::<Pod>();
+    let pods = ctx.informers.store::<Pod>();
     let controller = Arc::new(Controller {
         client: ctx.client.clone(),
         clock: ctx.clock.clone(),
@@ -109,7 +109,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let deployment_events =
         reflector::reflector(deployments_writer, ctx.informers.watch::<Deployment>());
     let set_events = reflector::reflector(sets_writer, ctx.informers.watch::<ReplicaSet>());
-    let pod_events = reflector::reflector(pods_writer, ctx.informers.watch::<Pod>());
+    let pod_events = ctx.informers.watch::<Pod>();
     let c = controller.clone();
     let deployment_triggers = trigger_with(deployment_events, move |event| match event {
         watcher::Event::Apply(d) | watcher::Event::InitApply(d) => vec![ObjectRef::from_obj(&d)],

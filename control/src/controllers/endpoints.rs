@@ -24,7 +24,7 @@ use kube::{Api, ResourceExt};
 use tokio::task::JoinSet;
 
 use super::Context;
-use super::gc::informer::{is_status, key_of, reflect};
+use super::gc::informer::{is_status, key_of, reflect, shared};
 use super::gc::queue::WorkQueue;
 
 /// The label naming a slice's Service.
@@ -61,7 +61,7 @@ struct State {
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let (services, services_w) = reflector::store::<Service>();
-    let (pods, pods_w) = reflector::store::<Pod>();
+    let pods = ctx.informers.store::<Pod>();
     let (endpoints, endpoints_w) = reflector::store::<Endpoints>();
     let (slices, slices_w) = reflector::store::<EndpointSlice>();
     let state = Arc::new(State {
@@ -93,7 +93,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     });
 
     let s = state.clone();
-    let stream = reflect(state.ctx.informers.watch::<Pod>(), pods_w);
+    let stream = shared(state.ctx.informers.watch::<Pod>());
     tasks.spawn(async move {
         // The labels each pod had when last seen: a relabelled pod leaves
         // the Services that selected it before.

@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use self::taints::Health;
 use super::Context;
 use super::events::{Recorder, reference};
-use super::gc::informer::{is_status, reflect};
+use super::gc::informer::{is_status, reflect, shared};
 
 /// The namespace of the nodes' heartbeat Leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -76,7 +76,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let client = ctx.client.clone();
     let (nodes, nodes_w) = reflector::store::<Node>();
     let (leases, leases_w) = reflector::store::<Lease>();
-    let (pods, pods_w) = reflector::store::<Pod>();
+    let pods = ctx.informers.store::<Pod>();
     let wake = Arc::new(Notify::new());
     let mut tasks = JoinSet::new();
 
@@ -98,7 +98,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         w.notify_one();
         std::future::ready(())
     }));
-    let stream = reflect(ctx.informers.watch::<Pod>(), pods_w);
+    let stream = shared(ctx.informers.watch::<Pod>());
     tasks.spawn(stream.for_each(|_| std::future::ready(())));
 
     for ready in [

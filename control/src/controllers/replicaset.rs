@@ -101,7 +101,7 @@ struct Controller {
 /// error only if its watches end.
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let (sets, sets_writer) = reflector::store::<ReplicaSet>();
-    let (pods, pods_writer) = reflector::store::<Pod>();
+    let pods = ctx.informers.store::<Pod>();
     let controller = Arc::new(Controller {
         client: ctx.client.clone(),
         clock: ctx.clock.clone(),
@@ -113,7 +113,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         failures: Mutex::default(),
     });
     let set_events = reflector::reflector(sets_writer, ctx.informers.watch::<ReplicaSet>());
-    let pod_events = reflector::reflector(pods_writer, ctx.informers.watch::<Pod>());
+    let pod_events = ctx.informers.watch::<Pod>();
     let c = controller.clone();
     let set_triggers = trigger_with(set_events, move |event| c.set_event(event));
     let c = controller.clone();
