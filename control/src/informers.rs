@@ -12,6 +12,12 @@
 //! the controllers read instead of keeping a copy each (client-go's
 //! indexer); it is updated before subscribers are told of a change.
 //!
+//! Objects are shared, not copied: the subscribers of [`Informers::events`]
+//! get the same `Arc` (one decode, one copy into the cache, whatever the
+//! number of subscribers), and `metadata.managedFields` is dropped on
+//! arrival, as kube-scheduler's and kube-controller-manager's informers do
+//! (no controller reads it, and it is often the larger part of an object).
+//!
 //! A subscriber sees exactly what its own `kube::runtime::watcher` would:
 //! `Init`, the listed objects as `InitApply`, `InitDone`, then `Apply` and
 //! `Delete`; one that joins late is first given the objects the shared
@@ -76,10 +82,21 @@ impl Informers {
 
     /// The events of every `K` in all namespaces, as
     /// `watcher(Api::<K>::all(client), watcher::Config::default())` would
-    /// give them; never an error (the shared watch logs its errors and
-    /// resumes with backoff) and never ending while the process runs.
-    pub fn watch<K: Shareable>(&self) -> Subscription<K> {
+    /// give them (without `managedFields`), each object shared with the
+    /// other subscribers; never ending while the process runs (the shared
+    /// watch logs its errors and resumes with backoff).
+    pub fn events<K: Shareable>(&self) -> Subscription<K> {
         Shared::subscribe(&self.shared::<K>())
+    }
+
+    /// [`Informers::events`] with objects of their own, as a
+    /// `kube::runtime::watcher` stream (for `reflector` and the like); never
+    /// an error.
+    pub fn watch<K: Shareable>(
+        &self,
+    ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + Unpin + 'static
+    {
+        self.events::<K>().map(|event| Ok(owned(event)))
     }
 
     /// The cache of every `K` that the shared watch keeps: ready once its
@@ -112,15 +129,37 @@ struct Shared<K: Shareable> {
     inner: Mutex<Inner<K>>,
 }
 
+/// An event with objects of its own (copied only when shared).
+fn owned<K: Clone>(event: watcher::Event<Arc<K>>) -> watcher::Event<K> {
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(obj) => watcher::Event::InitApply(Arc::unwrap_or_clone(obj)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(obj) => watcher::Event::Apply(Arc::unwrap_or_clone(obj)),
+        watcher::Event::Delete(obj) => watcher::Event::Delete(Arc::unwrap_or_clone(obj)),
+    }
+}
+
+/// An event whose object can be shared.
+fn shareable<K>(event: watcher::Event<K>) -> watcher::Event<Arc<K>> {
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(obj) => watcher::Event::InitApply(Arc::new(obj)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(obj) => watcher::Event::Apply(Arc::new(obj)),
+        watcher::Event::Delete(obj) => watcher::Event::Delete(Arc::new(obj)),
+    }
+}
+
 struct Inner<K: Shareable> {
-    subscribers: Vec<(u64, mpsc::UnboundedSender<watcher::Event<K>>)>,
+    subscribers: Vec<(u64, mpsc::UnboundedSender<watcher::Event<Arc<K>>>)>,
     next_id: u64,
     /// Every object as of the last completed list and the events since.
     writer: Writer<K>,
     /// Whether a list has completed since the watch started.
     synced: bool,
     /// The objects of a (re)list under way.
-    relist: Option<Vec<K>>,
+    relist: Option<Vec<Arc<K>>>,
     /// The running watch, and its generation: events of an older
     /// generation (a watch being aborted) are ignored.
     task: Option<tokio::task::AbortHandle>,
@@ -154,7 +193,7 @@ impl<K: Shareable> Shared<K> {
         } else if inner.synced {
             let _ = tx.send(watcher::Event::Init);
             for obj in inner.writer.as_reader().state() {
-                let _ = tx.send(watcher::Event::InitApply((*obj).clone()));
+                let _ = tx.send(watcher::Event::InitApply(obj));
             }
             let _ = tx.send(watcher::Event::InitDone);
         }
@@ -179,7 +218,10 @@ impl<K: Shareable> Shared<K> {
         let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
         while let Some(event) = events.next().await {
             match event {
-                Ok(event) => this.publish(generation, event),
+                Ok(event) => {
+                    let event = event.modify(|obj| obj.meta_mut().managed_fields = None);
+                    this.publish(generation, event);
+                }
                 Err(error) => {
                     let what = K::plural(&());
                     tracing::warn!(resource = %what, %error, "shared watch failed; retrying");
@@ -194,6 +236,7 @@ impl<K: Shareable> Shared<K> {
             return;
         }
         inner.writer.apply_watcher_event(&event);
+        let event = shareable(event);
         inner
             .subscribers
             .retain(|(_, tx)| tx.send(event.clone()).is_ok());
@@ -228,19 +271,19 @@ impl<K: Shareable> Shared<K> {
     }
 }
 
-/// One subscriber's events of a shared watch (see [`Informers::watch`]).
+/// One subscriber's events of a shared watch (see [`Informers::events`]).
 /// Dropping it unsubscribes.
 pub struct Subscription<K: Shareable> {
     id: u64,
-    events: mpsc::UnboundedReceiver<watcher::Event<K>>,
+    events: mpsc::UnboundedReceiver<watcher::Event<Arc<K>>>,
     shared: Arc<Shared<K>>,
 }
 
 impl<K: Shareable> Stream for Subscription<K> {
-    type Item = Result<watcher::Event<K>, watcher::Error>;
+    type Item = watcher::Event<Arc<K>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.events.poll_recv(cx).map(|e| e.map(Ok))
+        self.events.poll_recv(cx)
     }
 }
 

@@ -4,11 +4,12 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::Event;
 use serde_json::json;
@@ -23,12 +24,11 @@ async fn create(api: &Api<ConfigMap>, name: &str) {
 }
 
 /// The next event, or a panic naming what was awaited.
-async fn next(sub: &mut Subscription<ConfigMap>, what: &str) -> Event<ConfigMap> {
+async fn next(sub: &mut Subscription<ConfigMap>, what: &str) -> Event<Arc<ConfigMap>> {
     tokio::time::timeout(WAIT, sub.next())
         .await
         .unwrap_or_else(|_| panic!("no event while waiting for {what}"))
         .expect("a subscription does not end")
-        .expect("a shared watch yields no errors")
 }
 
 /// Reads the initial list: `Init`, the names listed, `InitDone`.
@@ -38,7 +38,7 @@ async fn initial(sub: &mut Subscription<ConfigMap>) -> BTreeSet<String> {
     loop {
         match next(sub, "the initial list").await {
             Event::InitApply(cm) => {
-                names.insert(cm.metadata.name.unwrap());
+                names.insert(cm.metadata.name.clone().unwrap());
             }
             Event::InitDone => return names,
             other => panic!("unexpected {other:?} in the initial list"),
@@ -47,7 +47,7 @@ async fn initial(sub: &mut Subscription<ConfigMap>) -> BTreeSet<String> {
 }
 
 /// Skips to the first `Apply` or `Delete` of `name`.
-async fn change_of(sub: &mut Subscription<ConfigMap>, name: &str) -> Event<ConfigMap> {
+async fn change_of(sub: &mut Subscription<ConfigMap>, name: &str) -> Event<Arc<ConfigMap>> {
     loop {
         let event = next(sub, name).await;
         if let Event::Apply(cm) | Event::Delete(cm) = &event
@@ -78,7 +78,7 @@ async fn subscribers_share_one_watch_and_each_sees_everything() {
     create(&api, "before").await;
     let informers = Informers::new(cluster.client.clone());
 
-    let mut first = informers.watch::<ConfigMap>();
+    let mut first = informers.events::<ConfigMap>();
     let listed = initial(&mut first).await;
     assert!(listed.contains("before"), "{listed:?}");
 
@@ -93,24 +93,48 @@ async fn subscribers_share_one_watch_and_each_sees_everything() {
     assert!(store.get(&key("during")).is_some());
 
     // A late subscriber starts from the shared state, not a new list.
-    let mut second = informers.watch::<ConfigMap>();
+    let mut second = informers.events::<ConfigMap>();
     let listed = initial(&mut second).await;
     assert!(
         listed.contains("before") && listed.contains("during"),
         "{listed:?}"
     );
-    let mut third = informers.watch::<ConfigMap>();
+    let mut third = informers.events::<ConfigMap>();
     initial(&mut third).await;
     assert_eq!(configmap_watches(&cluster.client).await, 1);
 
-    create(&api, "after").await;
+    // Applied, so that the server records managedFields.
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}, "data": {"k": "v"}});
+    api.patch(
+        "after",
+        &PatchParams::apply("test"),
+        &Patch::Apply(&applied),
+    )
+    .await
+    .unwrap();
     api.delete("before", &DeleteParams::default())
         .await
         .unwrap();
+    let mut seen = Vec::new();
     for sub in [&mut first, &mut second, &mut third] {
-        assert!(matches!(change_of(sub, "after").await, Event::Apply(_)));
+        let Event::Apply(after) = change_of(sub, "after").await else {
+            panic!("no Apply for \"after\"");
+        };
+        seen.push(after);
         assert!(matches!(change_of(sub, "before").await, Event::Delete(_)));
     }
+    // One object for all the subscribers, not a copy each; without the
+    // managedFields the server keeps.
+    assert!(seen.iter().all(|cm| Arc::ptr_eq(cm, &seen[0])));
+    assert!(seen[0].metadata.managed_fields.is_none());
+    let stored = api.get("after").await.unwrap();
+    assert!(
+        stored
+            .metadata
+            .managed_fields
+            .is_some_and(|m| !m.is_empty()),
+        "the server records managedFields for an apply"
+    );
     assert!(store.get(&key("after")).is_some() && store.get(&key("before")).is_none());
 
     // The last subscriber gone, the watch stops; a new one starts afresh.
@@ -119,7 +143,7 @@ async fn subscribers_share_one_watch_and_each_sees_everything() {
         (configmap_watches(&cluster.client).await == 0).then_some(())
     })
     .await;
-    let mut again = informers.watch::<ConfigMap>();
+    let mut again = informers.events::<ConfigMap>();
     let fresh = informers.store::<ConfigMap>();
     let listed = initial(&mut again).await;
     fresh.wait_until_ready().await.unwrap();

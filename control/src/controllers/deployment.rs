@@ -109,7 +109,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let deployment_events =
         reflector::reflector(deployments_writer, ctx.informers.watch::<Deployment>());
     let set_events = reflector::reflector(sets_writer, ctx.informers.watch::<ReplicaSet>());
-    let pod_events = ctx.informers.watch::<Pod>();
+    let pod_events = ctx.informers.events::<Pod>().map(Ok::<_, watcher::Error>);
     let c = controller.clone();
     let deployment_triggers = trigger_with(deployment_events, move |event| match event {
         watcher::Event::Apply(d) | watcher::Event::InitApply(d) => vec![ObjectRef::from_obj(&d)],
@@ -188,7 +188,7 @@ impl Controller {
     }
 
     /// A pod went away: a Recreate rollout may be waiting for exactly that.
-    fn pod_event(&self, event: watcher::Event<Pod>) -> Vec<ObjectRef<Deployment>> {
+    fn pod_event(&self, event: watcher::Event<Arc<Pod>>) -> Vec<ObjectRef<Deployment>> {
         let watcher::Event::Delete(pod) = event else {
             return Vec::new();
         };

@@ -24,7 +24,7 @@ use kube::{Api, ResourceExt};
 use tokio::task::JoinSet;
 
 use super::Context;
-use super::gc::informer::{is_status, key_of, reflect, shared};
+use super::gc::informer::{is_status, key_of, reflect};
 use super::gc::queue::WorkQueue;
 
 /// The label naming a slice's Service.
@@ -93,7 +93,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
     });
 
     let s = state.clone();
-    let stream = shared(state.ctx.informers.watch::<Pod>());
+    let stream = state.ctx.informers.events::<Pod>();
     tasks.spawn(async move {
         // The labels each pod had when last seen: a relabelled pod leaves
         // the Services that selected it before.
@@ -102,7 +102,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
             .for_each(|event| {
                 let deleted = matches!(event, watcher::Event::Delete(_));
                 if let Some(pod) = touched(&event) {
-                    let key = key_of(pod);
+                    let key = key_of(pod.as_ref());
                     let old = if deleted {
                         labels.remove(&key)
                     } else {

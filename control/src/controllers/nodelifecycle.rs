@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use self::taints::Health;
 use super::Context;
 use super::events::{Recorder, reference};
-use super::gc::informer::{is_status, reflect, shared};
+use super::gc::informer::{is_status, reflect};
 
 /// The namespace of the nodes' heartbeat Leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -71,6 +71,37 @@ struct Monitor {
     noticed: HashMap<String, Timestamp>,
 }
 
+/// The pods of each node, grouped from the shared pod cache on first
+/// use in a pass.
+struct PodsByNode {
+    store: Store<Pod>,
+    by_node: Option<HashMap<String, Vec<Arc<Pod>>>>,
+}
+
+impl PodsByNode {
+    fn new(store: Store<Pod>) -> Self {
+        PodsByNode {
+            store,
+            by_node: None,
+        }
+    }
+
+    /// The pods bound to `node`.
+    fn on(&mut self, node: &str) -> &[Arc<Pod>] {
+        let store = &self.store;
+        let by_node = self.by_node.get_or_insert_with(|| {
+            let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+            for pod in store.state() {
+                if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                    by_node.entry(node).or_default().push(pod);
+                }
+            }
+            by_node
+        });
+        by_node.get(node).map(Vec::as_slice).unwrap_or_default()
+    }
+}
+
 /// Runs the node-lifecycle controller until aborted.
 pub async fn run(ctx: Context) -> anyhow::Result<()> {
     let client = ctx.client.clone();
@@ -98,7 +129,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         w.notify_one();
         std::future::ready(())
     }));
-    let stream = shared(ctx.informers.watch::<Pod>());
+    let stream = ctx.informers.events::<Pod>();
     tasks.spawn(stream.for_each(|_| std::future::ready(())));
 
     for ready in [
@@ -142,27 +173,24 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
 }
 
 impl Monitor {
-    /// Examines every node once.
+    /// Examines every node once. Healthy nodes need nothing of their pods,
+    /// so the pods are grouped by node only when some node needs them: a
+    /// pass over a healthy cluster is O(nodes), not O(pods).
     async fn pass(&mut self) {
         let now = self.ctx.clock.now();
         let nodes = self.nodes.state();
-        let mut pods_by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
-        for pod in self.pods.state() {
-            if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
-                pods_by_node.entry(node).or_default().push(pod);
-            }
-        }
+        let mut pods = PodsByNode::new(self.pods.clone());
         let names: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
         self.heartbeats.retain(|name, _| names.contains(name));
-        let live: HashSet<String> = self.pods.state().iter().filter_map(|p| p.uid()).collect();
-        self.evicted.retain(|uid| live.contains(uid));
+        if !self.evicted.is_empty() {
+            let live: HashSet<String> = self.pods.state().iter().filter_map(|p| p.uid()).collect();
+            self.evicted.retain(|uid| live.contains(uid));
+        }
         self.noticed.retain(|name, _| names.contains(name));
 
         for node in nodes {
-            let name = node.name_any();
-            let pods = pods_by_node.remove(&name).unwrap_or_default();
-            if let Err(error) = self.examine(&node, &pods, now).await {
-                tracing::warn!(node = %name, error = %format!("{error:#}"), "cannot update the node's health");
+            if let Err(error) = self.examine(&node, &mut pods, now).await {
+                tracing::warn!(node = %node.name_any(), error = %format!("{error:#}"), "cannot update the node's health");
             }
         }
     }
@@ -210,7 +238,7 @@ impl Monitor {
     async fn examine(
         &mut self,
         node: &Arc<Node>,
-        pods: &[Arc<Pod>],
+        pods: &mut PodsByNode,
         now: Timestamp,
     ) -> anyhow::Result<()> {
         let api: Api<Node> = Api::all(self.ctx.client.clone());
@@ -255,7 +283,7 @@ impl Monitor {
                         .await;
                 }
             }
-            self.mark_pods_not_ready(pods, now).await;
+            self.mark_pods_not_ready(pods.on(&name), now).await;
         }
 
         let current = node
@@ -282,7 +310,11 @@ impl Monitor {
             }
             None => current,
         };
-        self.evict(&name, &taints, pods, now).await;
+        if taints.iter().any(|t| t.effect == "NoExecute") {
+            self.evict(&name, &taints, pods.on(&name), now).await;
+        } else {
+            self.noticed.remove(&name);
+        }
         Ok(())
     }
 
@@ -338,7 +370,7 @@ impl Monitor {
     }
 
     /// Taint-based eviction: deletes the node's pods whose toleration of
-    /// its NoExecute taints has run out.
+    /// its NoExecute taints (it has some) has run out.
     async fn evict(
         &mut self,
         node: &str,
@@ -346,10 +378,6 @@ impl Monitor {
         pods: &[Arc<Pod>],
         now: Timestamp,
     ) {
-        if !taints.iter().any(|t| t.effect == "NoExecute") {
-            self.noticed.remove(node);
-            return;
-        }
         let noticed = *self.noticed.entry(node.to_owned()).or_insert(now);
         for pod in pods {
             let Some(uid) = pod.uid() else { continue };

@@ -113,7 +113,7 @@ pub async fn run(ctx: Context) -> anyhow::Result<()> {
         failures: Mutex::default(),
     });
     let set_events = reflector::reflector(sets_writer, ctx.informers.watch::<ReplicaSet>());
-    let pod_events = ctx.informers.watch::<Pod>();
+    let pod_events = ctx.informers.events::<Pod>().map(Ok::<_, watcher::Error>);
     let c = controller.clone();
     let set_triggers = trigger_with(set_events, move |event| c.set_event(event));
     let c = controller.clone();
@@ -177,7 +177,7 @@ impl Controller {
 
     /// Maps a pod event to the ReplicaSets to sync, recording what the
     /// expectations were waiting for.
-    fn pod_event(&self, event: watcher::Event<Pod>) -> Vec<ObjectRef<ReplicaSet>> {
+    fn pod_event(&self, event: watcher::Event<Arc<Pod>>) -> Vec<ObjectRef<ReplicaSet>> {
         let (pod, deleted) = match event {
             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => (pod, false),
             watcher::Event::Delete(pod) => (pod, true),

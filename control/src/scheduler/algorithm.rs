@@ -107,7 +107,7 @@ pub fn num_feasible_nodes_to_find(percentage: Option<u32>, all: usize) -> usize 
 /// Schedules `pod` with the adaptive node sampling (see
 /// [`schedule_with`]).
 pub fn schedule(pod: &Pod, snapshot: &Snapshot, start: usize) -> Result<ScheduleResult, FitError> {
-    schedule_with(pod, snapshot, start, None)
+    schedule_with(&PodInfo::new(pod.clone()), snapshot, start, None)
 }
 
 /// Schedules `pod` onto one of `snapshot`'s nodes, examining nodes from
@@ -116,12 +116,11 @@ pub fn schedule(pod: &Pod, snapshot: &Snapshot, start: usize) -> Result<Schedule
 /// feasible nodes are found. Errors with every filter's reasons when no
 /// node fits.
 pub fn schedule_with(
-    pod: &Pod,
+    pod: &PodInfo,
     snapshot: &Snapshot,
     start: usize,
     percentage_of_nodes_to_score: Option<u32>,
 ) -> Result<ScheduleResult, FitError> {
-    let pod = PodInfo::new(pod.clone());
     let nodes = snapshot.nodes();
     let all = nodes.len();
     if all == 0 {
@@ -362,7 +361,8 @@ mod tests {
         assert_eq!(result.feasible_nodes, 420);
         // All equal: the first examined wins.
         assert_eq!(result.node, "n0990");
-        let all = schedule_with(&pod("p", "100m", "100Mi"), &s, 990, Some(100)).unwrap();
+        let all =
+            schedule_with(&PodInfo::new(pod("p", "100m", "100Mi")), &s, 990, Some(100)).unwrap();
         assert_eq!(all.evaluated_nodes, 1000);
     }
 

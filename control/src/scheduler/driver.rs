@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use super::SchedulerOptions;
 use super::algorithm::{self, FitError};
 use super::queue::Queue;
-use super::snapshot::Snapshot;
+use super::snapshot::{PodInfo, Snapshot};
 use crate::controllers::SystemClock;
 use crate::controllers::events::{Recorder, reference};
 use crate::informers::Informers;
@@ -74,7 +74,7 @@ pub(super) async fn run(
 ) -> anyhow::Result<()> {
     let mut nodes = informers.watch::<Node>();
     let mut namespaces = informers.watch::<Namespace>();
-    let mut pods = informers.watch::<Pod>();
+    let mut pods = informers.events::<Pod>();
     let recorder = Recorder::new(
         client.clone(),
         &options.scheduler_name,
@@ -121,10 +121,7 @@ pub(super) async fn run(
                 Ok(event) => s.node_event(event),
                 Err(error) => tracing::warn!(%error, "node watch failed; retrying"),
             },
-            Some(event) = pods.next() => match event {
-                Ok(event) => s.pod_event(event),
-                Err(error) => tracing::warn!(%error, "pod watch failed; retrying"),
-            },
+            Some(event) = pods.next() => s.pod_event(event),
             Some(event) = namespaces.next() => match event {
                 Ok(event) => s.namespace_event(event),
                 Err(error) => tracing::warn!(%error, "namespace watch failed; retrying"),
@@ -239,7 +236,7 @@ impl Scheduler {
         }
     }
 
-    fn pod_event(&mut self, event: watcher::Event<Pod>) {
+    fn pod_event(&mut self, event: watcher::Event<Arc<Pod>>) {
         match event {
             watcher::Event::Init => self.relisting_pods = Some(HashSet::new()),
             watcher::Event::InitApply(pod) => {
@@ -299,7 +296,7 @@ impl Scheduler {
             && pod.metadata.deletion_timestamp.is_none()
     }
 
-    fn apply_pod(&mut self, pod: Pod) {
+    fn apply_pod(&mut self, pod: Arc<Pod>) {
         let Some(uid) = uid_of(&pod) else {
             return;
         };
@@ -331,7 +328,7 @@ impl Scheduler {
         if self.assumed.contains_key(&uid) {
             // An older, unbound version while our binding is under way.
             if self.queue.contains(&uid) {
-                self.queue.add_or_update(&uid, Arc::new(pod), now);
+                self.queue.add_or_update(&uid, pod, now);
             }
             return;
         }
@@ -339,7 +336,7 @@ impl Scheduler {
             self.queue.move_all(now);
         }
         if self.is_ours(&pod) {
-            self.queue.add_or_update(&uid, Arc::new(pod), now);
+            self.queue.add_or_update(&uid, pod, now);
         } else {
             self.queue.remove(&uid);
         }
@@ -350,8 +347,9 @@ impl Scheduler {
             return;
         };
         let started = Instant::now();
+        let info = PodInfo::new(pod.clone());
         let outcome = algorithm::schedule_with(
-            &pod,
+            &info,
             &self.snapshot,
             self.next_start,
             self.options.percentage_of_nodes_to_score,
@@ -373,11 +371,7 @@ impl Scheduler {
                     elapsed = ?started.elapsed(),
                     "scheduled"
                 );
-                let mut assumed = (*pod).clone();
-                if let Some(spec) = assumed.spec.as_mut() {
-                    spec.node_name = Some(result.node.clone());
-                }
-                self.snapshot.set_pod(assumed);
+                self.snapshot.assume(info, result.node.clone());
                 self.assumed.insert(uid.clone(), result.node.clone());
                 let client = self.client.clone();
                 let recorder = self.recorder.clone();

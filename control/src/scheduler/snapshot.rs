@@ -114,8 +114,8 @@ impl HostPort {
 /// A pod with what the scheduler derives from it, computed once.
 #[derive(Debug, Clone)]
 pub struct PodInfo {
-    /// The pod.
-    pub pod: Pod,
+    /// The pod (shared with the watch's cache and the queue).
+    pub pod: Arc<Pod>,
     /// `metadata.uid` (or `namespace/name` for an object without one).
     pub uid: String,
     /// `metadata.namespace` (`default` when unset).
@@ -142,7 +142,8 @@ static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
 
 impl PodInfo {
     /// Derives what the scheduler needs from `pod`.
-    pub fn new(pod: Pod) -> PodInfo {
+    pub fn new(pod: impl Into<Arc<Pod>>) -> PodInfo {
+        let pod: Arc<Pod> = pod.into();
         let namespace = pod
             .metadata
             .namespace
@@ -630,21 +631,32 @@ impl Snapshot {
     /// Adds or replaces a pod bound to a node (`spec.nodeName`). A pod
     /// without a node, or one that has finished (Succeeded or Failed), is
     /// removed instead: it takes no room.
-    pub fn set_pod(&mut self, pod: Pod) {
-        let node = pod
+    pub fn set_pod(&mut self, pod: impl Into<Arc<Pod>>) {
+        let info = PodInfo::new(pod);
+        let node = info
+            .pod
             .spec
             .as_ref()
             .and_then(|s| s.node_name.clone())
             .filter(|n| !n.is_empty());
         let finished = matches!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            info.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
             Some("Succeeded" | "Failed")
         );
-        let info = PodInfo::new(pod);
         self.remove_pod(&info.uid);
-        let Some(node) = node.filter(|_| !finished) else {
-            return;
-        };
+        if let Some(node) = node.filter(|_| !finished) {
+            self.place(info, node);
+        }
+    }
+
+    /// Counts `pod` on `node` before its binding is written (the scheduler's
+    /// assumption), replacing whatever the snapshot had of it.
+    pub fn assume(&mut self, pod: PodInfo, node: String) {
+        self.remove_pod(&pod.uid);
+        self.place(pod, node);
+    }
+
+    fn place(&mut self, info: PodInfo, node: String) {
         let info = Arc::new(info);
         if !info.required_anti_affinity().is_empty() {
             self.anti_affinity_pods += 1;

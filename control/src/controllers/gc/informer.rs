@@ -40,14 +40,6 @@ where
         })
 }
 
-/// The events of a shared watch whose cache is the process's shared store
-/// ([`crate::informers::Informers::store`]): nothing to apply, no errors.
-pub(crate) fn shared<K: crate::informers::Shareable>(
-    events: crate::informers::Subscription<K>,
-) -> impl Stream<Item = watcher::Event<K>> + Send {
-    events.filter_map(|event| std::future::ready(event.ok()))
-}
-
 /// The key of a namespaced object: namespace and name.
 pub(crate) fn key_of<K: Resource>(obj: &K) -> (String, String) {
     (
