@@ -106,6 +106,21 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, String> {
     Ok(event)
 }
 
+/// The key an event record is about, read without decoding the rest (a
+/// read walking history for one key skips the others cheaply).
+pub(crate) fn event_key(bytes: &[u8]) -> Result<&str, String> {
+    let mut r = Reader::new(bytes)?;
+    match r.u8()? {
+        TAG_PUT => {}
+        TAG_DELETE => {
+            r.u64()?;
+        }
+        other => return Err(format!("unknown event tag {other}")),
+    }
+    r.take(24)?; // create_revision, mod_revision, version
+    std::str::from_utf8(r.bytes()?).map_err(|e| format!("key is not UTF-8: {e}"))
+}
+
 fn put_kv(out: &mut Vec<u8>, kv: &KeyValue) {
     out.extend_from_slice(&kv.create_revision.to_be_bytes());
     out.extend_from_slice(&kv.mod_revision.to_be_bytes());
@@ -229,7 +244,9 @@ mod tests {
             },
         ];
         for event in events {
-            assert_eq!(decode_event(&encode_event(&event)).unwrap(), event);
+            let bytes = encode_event(&event);
+            assert_eq!(decode_event(&bytes).unwrap(), event);
+            assert_eq!(event_key(&bytes).unwrap(), "/a");
         }
     }
 
@@ -252,6 +269,15 @@ mod tests {
         });
         bad_tag[1] = 9;
         assert!(decode_event(&bad_tag).unwrap_err().contains("tag"));
+        assert!(event_key(&bad_tag).unwrap_err().contains("tag"));
+        let put = encode_event(&Event::Put {
+            kv: kv("/key", "v", 1),
+            prev: None,
+        });
+        // Cut anywhere up to the end of the key: no key to read.
+        for len in 0..2 + 24 + 4 + "/key".len() {
+            assert!(event_key(&put[..len]).is_err(), "prefix of {len} bytes");
+        }
     }
 
     #[test]

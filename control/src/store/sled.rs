@@ -393,24 +393,43 @@ impl Shared {
     /// The history after `at`, oldest first. Call with the `apply` lock held
     /// for reading and `at` at or above the compaction point.
     fn history_after(&self, at: u64) -> impl Iterator<Item = Result<Event>> + '_ {
-        self.log.range(codec::revision_key(at + 1)..).map(|entry| {
-            let (key, bytes) = entry.map_err(|e| backend_error("log", e))?;
-            codec::decode_event(&bytes).map_err(|reason| Error::Corrupt {
-                key: format!("log@{}", codec::decode_revision(&key).unwrap_or_default()),
-                reason,
+        self.history_after_of(at, |_| true)
+    }
+
+    /// The history after `at` of the keys `wanted` accepts, oldest first;
+    /// the other entries are skipped on their key alone, undecoded. Call
+    /// with the `apply` lock held for reading and `at` at or above the
+    /// compaction point.
+    fn history_after_of<'s>(
+        &'s self,
+        at: u64,
+        wanted: impl Fn(&str) -> bool + 's,
+    ) -> impl Iterator<Item = Result<Event>> + 's {
+        let corrupt = |key: &[u8], reason: String| Error::Corrupt {
+            key: format!("log@{}", codec::decode_revision(key).unwrap_or_default()),
+            reason,
+        };
+        self.log
+            .range(codec::revision_key(at + 1)..)
+            .filter_map(move |entry| {
+                let (key, bytes) = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => return Some(Err(backend_error("log", e))),
+                };
+                match codec::event_key(&bytes) {
+                    Ok(k) if !wanted(k) => None,
+                    Ok(_) => Some(codec::decode_event(&bytes).map_err(|r| corrupt(&key, r))),
+                    Err(reason) => Some(Err(corrupt(&key, reason))),
+                }
             })
-        })
     }
 
     /// The value of `key` as of revision `at`. Call with the `apply` lock
     /// held for reading.
     fn state_at(&self, key: &str, at: u64) -> Result<Option<KeyValue>> {
         // The first change after `at` knows the state before it.
-        for event in self.history_after(at) {
-            let event = event?;
-            if event.key() == key {
-                return Ok(state_before(event));
-            }
+        if let Some(event) = self.history_after_of(at, |k| k == key).next() {
+            return Ok(state_before(event?));
         }
         match self.kv.get(key).map_err(|e| backend_error(key, e))? {
             None => Ok(None),
@@ -433,9 +452,9 @@ impl Shared {
         // Keys changed after `at`: their state as of `at`, from the first
         // change after it. Every other key is as `kv` has it.
         let mut before: BTreeMap<String, Option<KeyValue>> = BTreeMap::new();
-        for event in self.history_after(at) {
+        for event in self.history_after_of(at, wanted) {
             let event = event?;
-            if wanted(event.key()) && !before.contains_key(event.key()) {
+            if !before.contains_key(event.key()) {
                 before.insert(event.key().to_owned(), state_before(event));
             }
         }
