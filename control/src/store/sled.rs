@@ -37,7 +37,7 @@
 //! lags behind the broadcast (or sees a gap) it goes back to replaying the
 //! log from the next revision it needs, so no event is lost or repeated.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -97,8 +97,10 @@ struct Shared {
     meta: ::sled::Tree,
     /// Held exclusively by the writer while it applies a batch or moves the
     /// compaction point, and shared by every read, so that a read sees one
-    /// consistent `kv` + `log` + compaction point.
-    apply: RwLock<()>,
+    /// consistent `kv` + `log` + compaction point. It guards the index of
+    /// the last applied batch, which reads at the committed revision use
+    /// instead of walking that batch's history while it is being flushed.
+    apply: RwLock<Unflushed>,
     /// The revision of the last flushed (acknowledged) write.
     committed: AtomicU64,
     /// The compaction point: the oldest revision still readable.
@@ -185,7 +187,7 @@ impl SledStore {
             kv,
             log,
             meta,
-            apply: RwLock::new(()),
+            apply: RwLock::new(Unflushed::default()),
             committed: AtomicU64::new(revision),
             compacted: AtomicU64::new(compacted),
             flushes: AtomicU64::new(0),
@@ -251,9 +253,9 @@ impl Store for SledStore {
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
         Box::pin(async move {
-            let _read = self.shared.apply.read();
+            let unflushed = self.shared.apply.read();
             let at = self.shared.committed();
-            self.shared.state_at(key, at)
+            self.shared.state_at(&unflushed, key, at)
         })
     }
 
@@ -263,12 +265,16 @@ impl Store for SledStore {
         options: ListOptions,
     ) -> BoxFuture<'a, Result<ListResult>> {
         Box::pin(async move {
-            let _read = self.shared.apply.read();
+            let unflushed = self.shared.apply.read();
             let at = self.shared.readable_revision(prefix, options.revision)?;
             let limit = options.limit.filter(|&limit| limit > 0);
-            let (kvs, more) =
-                self.shared
-                    .list_at(prefix, options.start_after.as_deref(), limit, at)?;
+            let (kvs, more) = self.shared.list_at(
+                &unflushed,
+                prefix,
+                options.start_after.as_deref(),
+                limit,
+                at,
+            )?;
             Ok(ListResult {
                 kvs,
                 revision: at,
@@ -355,6 +361,34 @@ impl Store for SledStore {
     }
 }
 
+/// The last batch the writer applied: the revision it was applied on, and
+/// the state before it of each key it changed. While that revision is still
+/// the committed one, the batch is applied but not yet flushed (the writer
+/// applies one batch at a time, and flushes it before the next).
+#[derive(Default)]
+struct Unflushed {
+    base: u64,
+    before: HashMap<String, Option<KeyValue>>,
+}
+
+impl Unflushed {
+    /// The state as of `at` of each key the batch changed, if the batch is
+    /// exactly what lies above `at`; `None` when the history must be read.
+    fn before(&self, at: u64, committed: u64) -> Option<&HashMap<String, Option<KeyValue>>> {
+        static NOTHING: std::sync::LazyLock<HashMap<String, Option<KeyValue>>> =
+            std::sync::LazyLock::new(HashMap::new);
+        match self.base.cmp(&committed) {
+            _ if at != committed => None,
+            std::cmp::Ordering::Equal => Some(&self.before),
+            // Flushed: nothing lies above the committed revision.
+            std::cmp::Ordering::Less => Some(&NOTHING),
+            // Never, as the committed revision only grows; but then the
+            // history knows.
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+}
+
 impl Shared {
     fn committed(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
@@ -425,11 +459,20 @@ impl Shared {
     }
 
     /// The value of `key` as of revision `at`. Call with the `apply` lock
-    /// held for reading.
-    fn state_at(&self, key: &str, at: u64) -> Result<Option<KeyValue>> {
-        // The first change after `at` knows the state before it.
-        if let Some(event) = self.history_after_of(at, |k| k == key).next() {
-            return Ok(state_before(event?));
+    /// held for reading (`unflushed` is what it guards).
+    fn state_at(&self, unflushed: &Unflushed, key: &str, at: u64) -> Result<Option<KeyValue>> {
+        match unflushed.before(at, self.committed()) {
+            Some(before) => {
+                if let Some(state) = before.get(key) {
+                    return Ok(state.clone());
+                }
+            }
+            // The first change after `at` knows the state before it.
+            None => {
+                if let Some(event) = self.history_after_of(at, |k| k == key).next() {
+                    return Ok(state_before(event?));
+                }
+            }
         }
         match self.kv.get(key).map_err(|e| backend_error(key, e))? {
             None => Ok(None),
@@ -439,9 +482,10 @@ impl Shared {
 
     /// Up to `limit` keys under `prefix` and after `start_after`, as of
     /// revision `at`, and whether more remain. Call with the `apply` lock
-    /// held for reading.
+    /// held for reading (`unflushed` is what it guards).
     fn list_at(
         &self,
+        unflushed: &Unflushed,
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
@@ -452,10 +496,21 @@ impl Shared {
         // Keys changed after `at`: their state as of `at`, from the first
         // change after it. Every other key is as `kv` has it.
         let mut before: BTreeMap<String, Option<KeyValue>> = BTreeMap::new();
-        for event in self.history_after_of(at, wanted) {
-            let event = event?;
-            if !before.contains_key(event.key()) {
-                before.insert(event.key().to_owned(), state_before(event));
+        match unflushed.before(at, self.committed()) {
+            Some(changed) => {
+                for (key, state) in changed {
+                    if wanted(key) {
+                        before.insert(key.clone(), state.clone());
+                    }
+                }
+            }
+            None => {
+                for event in self.history_after_of(at, wanted) {
+                    let event = event?;
+                    if !before.contains_key(event.key()) {
+                        before.insert(event.key().to_owned(), state_before(event));
+                    }
+                }
             }
         }
 
@@ -548,8 +603,8 @@ impl Shared {
     fn commit(&self, writes: Vec<WriteRequest>, events: &broadcast::Sender<Batch>) -> bool {
         let base = self.committed();
         let applied = {
-            let _apply = self.apply.write();
-            (&self.kv, &self.log).transaction(|(kv, log)| {
+            let mut unflushed = self.apply.write();
+            let applied = (&self.kv, &self.log).transaction(|(kv, log)| {
                 let mut revision = base;
                 let mut outcomes = Vec::with_capacity(writes.len());
                 for write in &writes {
@@ -560,7 +615,18 @@ impl Shared {
                     outcomes.push(outcome);
                 }
                 Ok((outcomes, revision))
-            })
+            });
+            // Index what the batch changed before any read can see it.
+            let mut before = HashMap::new();
+            if let Ok((outcomes, _)) = &applied {
+                for (_, event) in outcomes.iter().flatten() {
+                    before
+                        .entry(event.key().to_owned())
+                        .or_insert_with(|| state_before(event.clone()));
+                }
+            }
+            *unflushed = Unflushed { base, before };
+            applied
         };
         let flushed = applied.and_then(|applied| {
             if applied.1 > base {
@@ -1041,5 +1107,43 @@ mod tests {
         assert_eq!((list.kvs.len(), list.revision), (0, 0));
         store.shared.committed.store(1, Ordering::Release);
         assert_eq!(store.get("/a").await.unwrap().unwrap().value, "1");
+
+        // An update and a create in one unflushed batch: reads see the
+        // state before it, from the batch's index; reads at an older
+        // revision still undo the history.
+        store.create("/b", Bytes::from("b")).await.unwrap();
+        let (a, c) = futures::join!(
+            store.update("/a", Bytes::from("2"), None),
+            store.create("/c", Bytes::from("c"))
+        );
+        let (a, c) = (a.unwrap(), c.unwrap());
+        let top = a.mod_revision.max(c.mod_revision);
+        let below = a.mod_revision.min(c.mod_revision) - 1;
+        store.shared.committed.store(below, Ordering::Release);
+        assert_eq!(store.get("/a").await.unwrap().unwrap().value, "1");
+        assert_eq!(store.get("/c").await.unwrap(), None);
+        assert_eq!(store.get("/b").await.unwrap().unwrap().value, "b");
+        let values = |list: ListResult| -> Vec<(String, Bytes)> {
+            list.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect()
+        };
+        let now = values(store.list("/", ListOptions::default()).await.unwrap());
+        assert_eq!(
+            now,
+            [
+                ("/a".into(), Bytes::from("1")),
+                ("/b".into(), Bytes::from("b"))
+            ]
+        );
+        store.shared.committed.store(top, Ordering::Release);
+        let old = ListOptions {
+            revision: Some(1),
+            ..ListOptions::default()
+        };
+        assert_eq!(
+            values(store.list("/", old).await.unwrap()),
+            [("/a".into(), Bytes::from("1"))]
+        );
+        assert_eq!(store.get("/a").await.unwrap().unwrap().value, "2");
+        assert_eq!(store.get("/c").await.unwrap().unwrap().value, "c");
     }
 }
