@@ -38,8 +38,12 @@ pub fn least_allocated(pod: &PodInfo, node: &NodeInfo) -> i64 {
         if capacity <= 0 || requested > capacity {
             return 0;
         }
-        let free = i128::from(capacity - requested) * i128::from(MAX_NODE_SCORE);
-        (free / i128::from(capacity)) as i64
+        let free = capacity - requested;
+        match free.checked_mul(MAX_NODE_SCORE) {
+            Some(scaled) => scaled / capacity,
+            // Beyond i64 (exabytes of memory): the slow, exact way.
+            None => (i128::from(free) * i128::from(MAX_NODE_SCORE) / i128::from(capacity)) as i64,
+        }
     };
     (least(requested.milli_cpu, allocatable.milli_cpu)
         + least(requested.memory, allocatable.memory))
@@ -171,6 +175,12 @@ mod tests {
                 with_pods("1", "1000Mi", "10", &[]),
                 pod("p", "", ""),
                 85,
+            ),
+            (
+                "exabytes: the product overflows i64",
+                with_pods("4", "4Ei", "10", &[]),
+                pod("p", "1", "1Ei"),
+                75,
             ),
         ];
         for (what, n, p, want) in cases {
