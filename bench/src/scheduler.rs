@@ -169,6 +169,7 @@ pub async fn end_to_end(skiff: &Path, smoke: bool, report: &mut Report) -> anyho
             }
         }
         watch.abort();
+        let events = scheduled_events(&client).await;
         drop(controllers);
         let bound = times.len();
         let span = match (times.first(), times.last()) {
@@ -181,13 +182,42 @@ pub async fn end_to_end(skiff: &Path, smoke: bool, report: &mut Report) -> anyho
             bound.to_string(),
             fmt(span),
             format!("{:.0}", bound as f64 / span.as_secs_f64().max(1e-3)),
+            events.to_string(),
         ]);
     }
     report.section(
-        "Scheduler: end to end through the API (fake nodes, kwok-style; pods bound per second from first to last binding)",
-        table(&["nodes", "pods", "bound", "first to last binding", "pods bound/s"], &rows),
+        "Scheduler: end to end through the API (fake nodes, kwok-style; pods bound per second from first to last binding; `Scheduled` events written, the rest dropped by the recorder's bounded queue as client-go's are)",
+        table(
+            &["nodes", "pods", "bound", "first to last binding", "pods bound/s", "Scheduled events"],
+            &rows,
+        ),
     );
     Ok(())
+}
+
+/// How many `Scheduled` Events exist once their number stops growing
+/// (the recorder writes them in the background), waiting at most 20 s.
+async fn scheduled_events(client: &kube::Client) -> usize {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    loop {
+        let count = api
+            .list(&kube::api::ListParams::default())
+            .await
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|e| e.reason.as_deref() == Some("Scheduled"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if last == Some(count) || Instant::now() >= deadline {
+            return count;
+        }
+        last = Some(count);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Runs `make(i)` for `0..count` with `concurrency` in flight; fails

@@ -130,15 +130,15 @@ pub fn schedule_with(
         });
     }
     let wanted = num_feasible_nodes_to_find(percentage_of_nodes_to_score, all);
-    let affinity = interpod::State::new(&pod, snapshot);
-    let spreading = spread::Filter::new(&pod, snapshot);
+    let affinity = interpod::State::new(pod, snapshot);
+    let spreading = spread::Filter::new(pod, snapshot);
     let mut feasible = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut evaluated = 0;
     for k in 0..all {
         let i = (start % all + k) % all;
         evaluated += 1;
-        match filter(&pod, snapshot, i, &affinity, &spreading) {
+        match filter(pod, snapshot, i, &affinity, &spreading) {
             Ok(()) => feasible.push(i),
             Err(failed) => {
                 for reason in failed {
@@ -159,7 +159,7 @@ pub fn schedule_with(
     let best = if feasible.len() == 1 {
         first
     } else {
-        let totals = score(&pod, snapshot, &feasible);
+        let totals = score(pod, snapshot, &feasible);
         let mut best = 0;
         for (k, &total) in totals.iter().enumerate() {
             if total > totals[best] {
