@@ -96,7 +96,8 @@ impl Informers {
         &self,
     ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + Unpin + 'static
     {
-        self.events::<K>().map(|event| Ok(owned(event)))
+        self.events::<K>()
+            .map(|event| Ok(map_event(event, Arc::unwrap_or_clone)))
     }
 
     /// The cache of every `K` that the shared watch keeps: ready once its
@@ -129,25 +130,14 @@ struct Shared<K: Shareable> {
     inner: Mutex<Inner<K>>,
 }
 
-/// An event with objects of its own (copied only when shared).
-fn owned<K: Clone>(event: watcher::Event<Arc<K>>) -> watcher::Event<K> {
+/// The same event with `f` applied to its object, if it has one.
+fn map_event<A, B>(event: watcher::Event<A>, f: impl FnOnce(A) -> B) -> watcher::Event<B> {
     match event {
         watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(obj) => watcher::Event::InitApply(Arc::unwrap_or_clone(obj)),
+        watcher::Event::InitApply(obj) => watcher::Event::InitApply(f(obj)),
         watcher::Event::InitDone => watcher::Event::InitDone,
-        watcher::Event::Apply(obj) => watcher::Event::Apply(Arc::unwrap_or_clone(obj)),
-        watcher::Event::Delete(obj) => watcher::Event::Delete(Arc::unwrap_or_clone(obj)),
-    }
-}
-
-/// An event whose object can be shared.
-fn shareable<K>(event: watcher::Event<K>) -> watcher::Event<Arc<K>> {
-    match event {
-        watcher::Event::Init => watcher::Event::Init,
-        watcher::Event::InitApply(obj) => watcher::Event::InitApply(Arc::new(obj)),
-        watcher::Event::InitDone => watcher::Event::InitDone,
-        watcher::Event::Apply(obj) => watcher::Event::Apply(Arc::new(obj)),
-        watcher::Event::Delete(obj) => watcher::Event::Delete(Arc::new(obj)),
+        watcher::Event::Apply(obj) => watcher::Event::Apply(f(obj)),
+        watcher::Event::Delete(obj) => watcher::Event::Delete(f(obj)),
     }
 }
 
@@ -236,7 +226,7 @@ impl<K: Shareable> Shared<K> {
             return;
         }
         inner.writer.apply_watcher_event(&event);
-        let event = shareable(event);
+        let event = map_event(event, Arc::new);
         inner
             .subscribers
             .retain(|(_, tx)| tx.send(event.clone()).is_ok());
