@@ -129,14 +129,17 @@ spec:
             "{response}"
         );
     }
-    let endpoints = get_json(&server, &["endpoints", "hello"]).unwrap();
-    assert_eq!(
-        endpoints["subsets"][0]["addresses"]
+    // The Endpoints object follows the pods asynchronously (the nodes
+    // route from EndpointSlices, which may come first).
+    eventually("Endpoints hello with both pods", || {
+        let endpoints = get_json(&server, &["endpoints", "hello"])?;
+        let addresses = endpoints["subsets"][0]["addresses"]
             .as_array()
-            .map(Vec::len),
-        Some(2),
-        "{endpoints}"
-    );
+            .map(Vec::len);
+        (addresses == Some(2))
+            .then_some(())
+            .ok_or(endpoints.to_string())
+    });
 
     // Scale up, then roll out a new image and roll it back.
     ok(&server, &["scale", "deployment/hello", "--replicas=4"]);
@@ -225,7 +228,11 @@ spec:
             .then_some(())
             .ok_or(format!("{pods:?}"))
     });
-    let r = http_get_on("127.0.0.1", node_port, "/").unwrap();
+    // The node's proxy hears of the new endpoints after the pods are Ready.
+    let r = eventually("hello answering from n1", || {
+        let r = http_get_on("127.0.0.1", node_port, "/")?;
+        r.starts_with("HTTP/1.1 200").then_some(r.clone()).ok_or(r)
+    });
     assert!(body(&r).starts_with("Hello from"), "{r}");
 
     // Deleting the Deployment takes its ReplicaSets and (live) pods along.
